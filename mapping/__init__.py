@@ -1,0 +1,28 @@
+"""DICOM SR (TID 1500 Measurement Report) -> FHIR R5 transaction Bundle.
+
+Pure functions following the HL7 *DICOM SR to FHIR Resource Mapping* IG
+(``hl7.fhir.uv.dicom-sr``): ``map_sr(dataset, options)`` returns a :class:`MappingResult`
+with the Bundle as plain dicts and the list of content items that were skipped. No I/O.
+"""
+
+from .bundle import serialize
+from .errors import InvalidValue, MappingError, MissingContentItem, NotAnSR, Skipped, UnsupportedTemplate
+from .options import MappingOptions, WriteMode
+from .report import MappingResult, map_sr
+from .sop_classes import SR_STORAGE_SOP_CLASSES, TID1500_SOP_CLASSES
+
+__all__ = [
+    "map_sr",
+    "serialize",
+    "MappingOptions",
+    "MappingResult",
+    "WriteMode",
+    "MappingError",
+    "NotAnSR",
+    "UnsupportedTemplate",
+    "MissingContentItem",
+    "InvalidValue",
+    "Skipped",
+    "SR_STORAGE_SOP_CLASSES",
+    "TID1500_SOP_CLASSES",
+]

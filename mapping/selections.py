@@ -1,0 +1,385 @@
+"""The IG's ImagingSelection profiles, one builder per profile.
+
+A measurement group (or a NUM with its own image references) yields at most one
+ImagingSelection per profile: the Observation's ``derivedFrom`` slices are 0..1 each, so
+several items of one kind (two SCOORDs, several referenced segments) become several
+``instance`` entries of one selection. ``group_selections`` walks the node's children and
+hands each to the builder that ``BUILDERS`` keys on (concept, value type).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import concepts
+from .content_tree import ContentNode, ImageRef, Scoord3dValue, ScoordValue
+from .context import ReportContext
+from .profiles import fixed, profile_url
+from .sop_classes import sop_class_coding
+
+__all__ = ["BUILDERS", "Selections", "group_selections", "source_sr_content_item"]
+
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+RWV_MAPPING_STORAGE = "1.2.840.10008.5.1.4.1.1.67"
+RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
+
+# DICOM SCOORD Graphic Type -> (R5 imageRegion2D.regionType, check on the value count).
+_REGION_2D: dict[str, tuple[str, Callable[[int], bool]]] = {
+    "POINT": ("point", lambda n: n == 2),
+    "MULTIPOINT": ("point", lambda n: n >= 2 and n % 2 == 0),  # one point region per pair
+    "POLYLINE": ("polyline", lambda n: n >= 4 and n % 2 == 0),
+    "CIRCLE": ("circle", lambda n: n == 4),
+    "ELLIPSE": ("ellipse", lambda n: n == 8),
+}
+_REGION_3D: dict[str, Callable[[int], bool]] = {
+    "POINT": lambda n: n == 3,
+    "MULTIPOINT": lambda n: n >= 3 and n % 3 == 0,
+    "POLYLINE": lambda n: n >= 6 and n % 3 == 0,
+    "POLYGON": lambda n: n >= 9 and n % 3 == 0,
+    "ELLIPSE": lambda n: n == 12,
+    "ELLIPSOID": lambda n: n == 18,
+}
+
+
+@dataclass(slots=True)
+class _Draft:
+    """One ImagingSelection being assembled from one or more content items."""
+
+    profile: str
+    code: dict
+    first: ContentNode
+    instances: list[dict] = field(default_factory=list)
+    frame_of_reference_uid: str | None = None
+    series_uid: str | None = None
+    source_image_focus: str | None = None  # focus[sourceImageForSegmentation], 0..1
+    provenance_focus: str | None = None  # focus[sourceSRContentItem], 0..1: the first item's
+
+
+@dataclass(slots=True)
+class Selections:
+    """What one node's image references became: slice name -> fullUrl, in creation order."""
+
+    by_slice: dict[str, str] = field(default_factory=dict)
+
+    def references(self, ctx: ReportContext) -> list[dict]:
+        return [ctx.ref(url) for url in self.by_slice.values()]
+
+
+@dataclass(slots=True)
+class _Walk:
+    ctx: ReportContext
+    node: ContentNode
+    body_structure: str | None
+    drafts: dict[str, _Draft] = field(default_factory=dict)
+    source_images: list[ContentNode] = field(default_factory=list)
+    source_series_uid: str | None = None
+    _source_image_selection: str | None = None
+
+    def draft(self, profile: str, code: dict, item: ContentNode) -> _Draft:
+        if profile not in self.drafts:
+            self.drafts[profile] = _Draft(profile, code, item)
+        return self.drafts[profile]
+
+    def source_image_selection(self) -> str | None:
+        """fullUrl of the ``source-image-for-segmentation`` selection, built on first use."""
+        if self._source_image_selection is None and self.source_images:
+            self._source_image_selection = source_image_for_segmentation(self)
+        return self._source_image_selection
+
+    def carrier_instances(self, item: ContentNode) -> list[dict]:
+        """Instances a 3D region is attached to: the source images, else the SR itself.
+
+        R5 puts ``imageRegion3D`` under ``instance`` (uid 1..1); SCOORD3D names no image, so
+        the region hangs on the images it was drawn on when the group names them, and
+        otherwise on the SR content item that defines it.
+        """
+        if self.source_images:
+            return [_instance(image.value) for image in self.source_images]
+        instance = {"uid": self.ctx.sop_instance_uid, "sopClass": sop_class_coding(self.ctx.sop_class_uid)}
+        if item.observation_uid:
+            instance["subset"] = [item.observation_uid]
+        return [instance]
+
+
+def group_selections(node: ContentNode, ctx: ReportContext, body_structure: str | None) -> Selections:
+    """Build the ImagingSelections for the image references among ``node``'s children."""
+    walk = _Walk(ctx, node, body_structure)
+    for child in node.children:
+        if child.key == concepts.SOURCE_IMAGE_FOR_SEGMENTATION and child.value_type == "IMAGE":
+            walk.source_images.append(child)
+        elif child.key == concepts.SOURCE_SERIES_FOR_SEGMENTATION and child.value_type == "UIDREF":
+            walk.source_series_uid = child.value
+    for child in node.children:
+        builder = BUILDERS.get((child.key, child.value_type))
+        if builder is not None:
+            builder(child, walk)
+    selections = Selections()
+    for draft in walk.drafts.values():
+        if draft.instances or draft.frame_of_reference_uid:
+            selections.by_slice[_SLICES[draft.profile]] = _finish(draft, walk)
+    return selections
+
+
+# Builders, one per profile -----------------------------------------------------------------
+
+def image_region_2d(item: ContentNode, walk: _Walk) -> None:
+    """IG ``image-region-2d``; DCM 111030 "Image Region" SCOORD; TID 1410/1411/1501."""
+    scoord: ScoordValue = item.value
+    source = next((c for c in item.children if c.value_type == "IMAGE"), None)
+    if source is None:
+        walk.ctx.note(item, "SCOORD without a source image (no SELECTED FROM IMAGE child)")
+        return
+    rule = _REGION_2D.get(scoord.graphic_type)
+    if rule is None:
+        walk.ctx.note(item, f"SCOORD graphic type {scoord.graphic_type} has no FHIR R5 2D region type")
+        return
+    region_type, count_ok = rule
+    if not count_ok(len(scoord.data)):
+        walk.ctx.note(item, f"SCOORD {scoord.graphic_type} with {len(scoord.data)} Graphic Data values is malformed")
+        return
+    coordinates = list(scoord.data)
+    if scoord.graphic_type == "MULTIPOINT":
+        regions = [{"regionType": "point", "coordinate": coordinates[i:i + 2]} for i in range(0, len(coordinates), 2)]
+    else:
+        regions = [{"regionType": region_type, "coordinate": coordinates}]
+    instance = _instance(source.value)
+    instance["imageRegion2D"] = regions
+    draft = walk.draft("image-region-2d", fixed.IMAGE_REGION, item)
+    _add_instance(draft, instance, source.value, walk)
+    _add_focus(draft, item, walk)
+
+
+def image_region_3d(item: ContentNode, walk: _Walk) -> None:
+    """IG ``image-region-3d``; DCM 111030 "Image Region" SCOORD3D; TID 1410/1501."""
+    _region_3d(item, walk, walk.draft("image-region-3d", fixed.IMAGE_REGION, item))
+
+
+def volume_surface(item: ContentNode, walk: _Walk) -> None:
+    """IG ``volume-surface``; DCM 121231 "Volume Surface" SCOORD3D; TID 1411."""
+    draft = walk.draft("volume-surface", fixed.VOLUME_SURFACE, item)
+    if _region_3d(item, walk, draft):
+        _focus_source_images(draft, walk)
+
+
+def illustration_of_roi(item: ContentNode, walk: _Walk) -> None:
+    """IG ``illustration-of-roi``; DCM 121200 "Illustration of ROI" IMAGE; TID 1410/1411."""
+    _image(item, walk, "illustration-of-roi", fixed.ILLUSTRATION_OF_ROI)
+
+
+def visual_explanation(item: ContentNode, walk: _Walk) -> None:
+    """IG ``visual-explanation``; DCM 130401 "Visual Explanation" IMAGE; TID 1410/1411."""
+    _image(item, walk, "visual-explanation", fixed.VISUAL_EXPLANATION)
+
+
+def real_world_value_map(item: ContentNode, walk: _Walk) -> None:
+    """IG ``real-world-value-map``; DCM 126100 COMPOSITE; TID 1410/1411."""
+    ref: ImageRef = item.value
+    if ref.sop_class_uid != RWV_MAPPING_STORAGE:
+        walk.ctx.note(item, f"Real World Value Map reference has SOP Class {ref.sop_class_uid}, not RWV Mapping Storage")
+        return
+    _image(item, walk, "real-world-value-map", fixed.REAL_WORLD_VALUE_MAP)
+
+
+def region_in_space(item: ContentNode, walk: _Walk) -> None:
+    """IG ``region-in-space``; DCM 130488 "Region In Space" COMPOSITE (RT Structure Set); TID 1410/1411."""
+    ref: ImageRef = item.value
+    if ref.sop_class_uid != RT_STRUCTURE_SET_STORAGE:
+        walk.ctx.note(item, f"Region In Space reference has SOP Class {ref.sop_class_uid}, not RT Structure Set Storage")
+        return
+    rois = [str(child.value) for child in item.children
+            if child.value_type in ("TEXT", "UIDREF") and child.value not in (None, "")]
+    rois += [_number_text(child.value.value) for child in item.children
+             if child.value_type == "NUM" and child.value.value is not None]
+    if not rois:
+        walk.ctx.note(item, "Region In Space without an ROI identification child (instance.subset is required)")
+        return
+    instance = _instance(ref)
+    instance["subset"] = rois
+    draft = walk.draft("region-in-space", fixed.REGION_IN_SPACE, item)
+    _add_instance(draft, instance, ref, walk)
+    _add_focus(draft, item, walk)
+
+
+def referenced_segment(item: ContentNode, walk: _Walk) -> None:
+    """IG ``referenced-segment``; DCM 121191 IMAGE (Segmentation); TID 1411."""
+    _segmentation(item, walk, "referenced-segment", fixed.REFERENCED_SEGMENT, frames_fallback=False)
+
+
+def referenced_segmentation_frame(item: ContentNode, walk: _Walk) -> None:
+    """IG ``referenced-segmentation-frame``; DCM 121214 IMAGE (Segmentation); TID 1410."""
+    _segmentation(item, walk, "referenced-segmentation-frame", fixed.REFERENCED_SEGMENTATION_FRAME, frames_fallback=True)
+
+
+def source_image_for_segmentation(walk: _Walk) -> str:
+    """IG ``source-image-for-segmentation``; DCM 121233 IMAGE (+ 121232 UIDREF); TID 1410/1411."""
+    first = walk.source_images[0]
+    draft = _Draft("source-image-for-segmentation", fixed.SOURCE_IMAGE_FOR_SEGMENTATION, first)
+    for image in walk.source_images:
+        _add_instance(draft, _instance(image.value), image.value, walk)
+    if walk.source_series_uid:
+        draft.series_uid = walk.source_series_uid
+    return _finish(draft, walk)
+
+
+def source_sr_content_item(node: ContentNode, ctx: ReportContext) -> str | None:
+    """IG ``source-sr-content-item``; DCM 111040: the SR content item (by Observation UID) a resource came from."""
+    if not node.observation_uid or not ctx.options.source_sr_content_items:
+        return None
+    resource = _selection_base(ctx, ctx.id_for(node, "source-sr-content-item"), "source-sr-content-item", fixed.ORIGINAL_SOURCE, ctx.study_uid)
+    if ctx.series_uid:
+        resource["seriesUid"] = ctx.series_uid
+    resource["instance"] = [{
+        "uid": ctx.sop_instance_uid,
+        "sopClass": sop_class_coding(ctx.sop_class_uid),
+        "subset": [node.observation_uid],
+    }]
+    return ctx.bundle.add(resource)
+
+
+BUILDERS: dict[tuple[tuple[str, str], str], Callable[[ContentNode, _Walk], None]] = {
+    (concepts.IMAGE_REGION, "SCOORD"): image_region_2d,
+    (concepts.IMAGE_REGION, "SCOORD3D"): image_region_3d,
+    (concepts.VOLUME_SURFACE, "SCOORD3D"): volume_surface,
+    (concepts.ILLUSTRATION_OF_ROI, "IMAGE"): illustration_of_roi,
+    (concepts.VISUAL_EXPLANATION, "IMAGE"): visual_explanation,
+    (concepts.REAL_WORLD_VALUE_MAP, "COMPOSITE"): real_world_value_map,
+    (concepts.REGION_IN_SPACE, "COMPOSITE"): region_in_space,
+    (concepts.REFERENCED_SEGMENT, "IMAGE"): referenced_segment,
+    (concepts.REFERENCED_SEGMENTATION_FRAME, "IMAGE"): referenced_segmentation_frame,
+}
+
+# Profile -> the Observation.derivedFrom slice that references it.
+_SLICES = {
+    "image-region-2d": "imageRegion2d",
+    "image-region-3d": "imageRegion3d",
+    "volume-surface": "volumeSurface",
+    "illustration-of-roi": "illustrationOfRoi",
+    "visual-explanation": "visualExplanation",
+    "real-world-value-map": "realWorldValueMap",
+    "region-in-space": "regionInSpace",
+    "referenced-segment": "referencedSegment",
+    "referenced-segmentation-frame": "referencedSegmentationFrame",
+}
+
+
+# Shared steps ------------------------------------------------------------------------------
+
+def _image(item: ContentNode, walk: _Walk, profile: str, code: dict) -> None:
+    ref: ImageRef = item.value
+    draft = walk.draft(profile, code, item)
+    _add_instance(draft, _instance(ref), ref, walk)
+    _add_focus(draft, item, walk)
+
+
+def _segmentation(item: ContentNode, walk: _Walk, profile: str, code: dict, *, frames_fallback: bool) -> None:
+    ref: ImageRef = item.value
+    if ref.sop_class_uid != SEGMENTATION_STORAGE:
+        walk.ctx.note(item, f"reference has SOP Class {ref.sop_class_uid}, not Segmentation Storage")
+        return
+    numbers = ref.segments or (ref.frames if frames_fallback else ())
+    if not numbers:
+        walk.ctx.note(item, "segmentation reference without Referenced Segment Number (0062,000B)")
+        return
+    draft = walk.draft(profile, code, item)
+    for number in numbers:  # the profile allows one subset value per instance entry
+        instance = _instance(ImageRef(ref.sop_class_uid, ref.sop_instance_uid))
+        instance["subset"] = [str(number)]
+        _add_instance(draft, instance, ref, walk)
+    _focus_source_images(draft, walk)
+    _add_focus(draft, item, walk)
+
+
+def _region_3d(item: ContentNode, walk: _Walk, draft: _Draft) -> bool:
+    scoord: Scoord3dValue = item.value
+    count_ok = _REGION_3D.get(scoord.graphic_type)
+    if count_ok is None or not count_ok(len(scoord.data)):
+        walk.ctx.note(item, f"SCOORD3D {scoord.graphic_type} with {len(scoord.data)} Graphic Data values is malformed")
+        return False
+    if draft.frame_of_reference_uid not in (None, scoord.frame_of_reference_uid):
+        walk.ctx.note(item, "SCOORD3D in a second frame of reference; only the first is kept in this selection")
+        return False
+    draft.frame_of_reference_uid = scoord.frame_of_reference_uid
+    region = {"regionType": scoord.graphic_type.lower(), "coordinate": list(scoord.data)}
+    for instance in walk.carrier_instances(item):
+        instance["imageRegion3D"] = [region]
+        draft.instances.append(instance)
+    if walk.source_images:
+        draft.series_uid = walk.source_series_uid or _common_series(walk, [i.value for i in walk.source_images])
+    else:
+        draft.series_uid = walk.ctx.series_uid
+    _add_focus(draft, item, walk)
+    return True
+
+
+def _instance(ref: ImageRef) -> dict:
+    instance: dict = {"uid": ref.sop_instance_uid, "sopClass": sop_class_coding(ref.sop_class_uid)}
+    if ref.frames:
+        instance["subset"] = [str(frame) for frame in ref.frames]
+    return instance
+
+
+def _add_instance(draft: _Draft, instance: dict, ref: ImageRef, walk: _Walk) -> None:
+    draft.instances.append(instance)
+    evidence = walk.ctx.evidence.get(ref.sop_instance_uid)
+    series = evidence.series_uid if evidence else None
+    if len(draft.instances) == 1:
+        draft.series_uid = series
+    elif draft.series_uid != series:
+        draft.series_uid = None  # instances from several series: seriesUid would be wrong
+
+
+def _add_focus(draft: _Draft, item: ContentNode, walk: _Walk) -> None:
+    if draft.provenance_focus is None:
+        draft.provenance_focus = source_sr_content_item(item, walk.ctx)
+
+
+def _focus_source_images(draft: _Draft, walk: _Walk) -> None:
+    draft.source_image_focus = walk.source_image_selection()
+
+
+def _common_series(walk: _Walk, refs: list[ImageRef]) -> str | None:
+    series = {walk.ctx.evidence[r.sop_instance_uid].series_uid if r.sop_instance_uid in walk.ctx.evidence else None for r in refs}
+    return series.pop() if len(series) == 1 else None
+
+
+def _study_of(draft: _Draft, walk: _Walk) -> str:
+    studies = {walk.ctx.evidence[i["uid"]].study_uid for i in draft.instances if i["uid"] in walk.ctx.evidence}
+    return studies.pop() if len(studies) == 1 else walk.ctx.study_uid
+
+
+def _selection_base(ctx: ReportContext, resource_id: str, profile: str, code: dict, study_uid: str) -> dict:
+    resource: dict = {
+        "resourceType": "ImagingSelection",
+        "id": resource_id,
+        "meta": {"profile": [profile_url(profile)]},
+        "status": "available",
+        "subject": ctx.subject,
+    }
+    if ctx.service_request is not None:
+        resource["basedOn"] = [ctx.service_request]
+    resource["code"] = {"coding": [code]}
+    resource["studyUid"] = study_uid
+    resource["derivedFrom"] = [ctx.imaging_study(study_uid)]
+    return resource
+
+
+def _finish(draft: _Draft, walk: _Walk) -> str:
+    ctx = walk.ctx
+    resource = _selection_base(ctx, ctx.id_for(walk.node, draft.profile), draft.profile, draft.code, _study_of(draft, walk))
+    if draft.series_uid:
+        resource["seriesUid"] = draft.series_uid
+    if draft.frame_of_reference_uid:
+        resource["frameOfReferenceUid"] = draft.frame_of_reference_uid
+    if walk.body_structure and draft.profile != "source-image-for-segmentation":
+        resource["bodySite"] = {"reference": ctx.ref(walk.body_structure)}
+    focus = [ctx.ref(url) for url in (draft.source_image_focus, draft.provenance_focus) if url]
+    if focus:
+        resource["focus"] = focus
+    if draft.instances:
+        resource["instance"] = draft.instances
+    return ctx.bundle.add(resource)
+
+
+def _number_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)

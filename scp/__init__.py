@@ -1,0 +1,1 @@
+"""sr2fhir service: DICOM listener, durable spool, forwarder, configuration and CLI."""
