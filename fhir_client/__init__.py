@@ -1,0 +1,46 @@
+"""fhir_client: an async FHIR R5 client that delivers transaction Bundles reliably.
+
+::
+
+    async with FhirClient(settings) as client:
+        result = await client.send(bundle)
+        if result.outcome is Outcome.DELIVERED: ...
+
+``send()`` returns a :class:`SendResult` whose :class:`Outcome` says what to do
+with the Bundle (DELIVERED, REJECTED: dead-letter it, DEFERRED: keep it and try
+later); it does not raise for server behaviour. The retry policy lives in
+:mod:`fhir_client.retry`, authentication flows in :mod:`fhir_client.auth`. This
+package knows nothing about DICOM.
+"""
+
+from .client import FhirClient
+from .errors import ClientClosedError, FhirClientError, TokenRequestError, UnexpectedResponseError
+from .results import Outcome, SendResult
+from .settings import (
+    AuthSettings,
+    BasicAuthSettings,
+    BearerAuthSettings,
+    FhirSettings,
+    NoAuthSettings,
+    OAuth2ClientCredentialsSettings,
+    RetrySettings,
+    TlsSettings,
+)
+
+__all__ = [
+    "AuthSettings",
+    "BasicAuthSettings",
+    "BearerAuthSettings",
+    "ClientClosedError",
+    "FhirClient",
+    "FhirClientError",
+    "FhirSettings",
+    "NoAuthSettings",
+    "OAuth2ClientCredentialsSettings",
+    "Outcome",
+    "RetrySettings",
+    "SendResult",
+    "TlsSettings",
+    "TokenRequestError",
+    "UnexpectedResponseError",
+]

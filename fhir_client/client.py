@@ -1,0 +1,291 @@
+"""The async FHIR R5 client: one keep-alive connection pool, one retry policy.
+
+Usage is two lines::
+
+    async with FhirClient(settings) as client:
+        result = await client.send(bundle)   # SendResult; never raises for server behaviour
+
+The client knows FHIR (transaction Bundles, OperationOutcome, search by
+identifier) and nothing about DICOM. Tests pass ``transport=httpx.MockTransport(...)``
+and a fake ``sleep``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import re
+import time
+from collections import OrderedDict
+from types import TracebackType
+from typing import Any, Self, TypeGuard
+
+import httpx
+
+from .auth import build_auth
+from .errors import ClientClosedError, UnexpectedResponseError
+from .results import Outcome, SendResult, interpret_transaction_response, operation_outcome_text
+from .retry import Clock, RetryPolicy, RetryRun, Sleep
+from .settings import FhirSettings
+from .tls import build_ssl_context
+
+__all__ = ["FhirClient"]
+
+FHIR_JSON = "application/fhir+json"
+MAX_CACHED_REFERENCES = 10_000
+"""Resolved references kept per client (least recently used dropped first)."""
+
+_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}", re.ASCII)
+_TRANSACTION_HEADERS = {
+    "Content-Type": FHIR_JSON,
+    # Entries need only status and location; this keeps responses small.
+    "Prefer": "return=minimal",
+}
+
+
+class _State(enum.Enum):
+    UNOPENED = 1
+    OPENED = 2
+    CLOSED = 3
+
+
+class FhirClient:
+    """An async client for one FHIR R5 server, described by :class:`FhirSettings`.
+
+    ``transport`` replaces the network (``httpx.MockTransport`` in tests); ``sleep``
+    and ``clock`` drive the retry waits and the elapsed-time budget; setting
+    ``shutdown`` stops retrying and cuts a running wait short. Use it as an async
+    context manager, or call :meth:`aclose`. A closed client raises
+    :class:`ClientClosedError`.
+    """
+
+    def __init__(
+        self,
+        settings: FhirSettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Sleep = asyncio.sleep,
+        shutdown: asyncio.Event | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if settings.base_url is None:
+            raise ValueError("FhirSettings.base_url is not set; there is no server to talk to")
+        self.settings = settings
+        self._base_url = str(settings.base_url).rstrip("/")
+        self._policy = RetryPolicy(settings.retry, sleep=sleep, clock=clock, shutdown=shutdown)
+        self._references: OrderedDict[tuple[str, str | None, str], str] = OrderedDict()
+        self._state = _State.UNOPENED
+        self._http = httpx.AsyncClient(
+            auth=build_auth(settings.auth, clock=clock),
+            headers={"Accept": FHIR_JSON, "User-Agent": "sr2fhir"},
+            timeout=httpx.Timeout(settings.timeout_s),
+            limits=httpx.Limits(
+                max_connections=settings.max_connections,
+                max_keepalive_connections=settings.max_connections,
+            ),
+            verify=build_ssl_context(settings.tls),
+            transport=transport,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._state is _State.CLOSED:
+            raise ClientClosedError("a closed FhirClient cannot be reopened; create a new one")
+        if self._state is _State.OPENED:
+            raise RuntimeError("FhirClient is already open")
+        await self._http.__aenter__()
+        self._state = _State.OPENED
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool. Closing twice is harmless."""
+        if self._state is not _State.CLOSED:
+            self._state = _State.CLOSED
+            await self._http.aclose()
+
+    @property
+    def is_closed(self) -> bool:
+        """True once :meth:`aclose` has run."""
+        return self._state is _State.CLOSED
+
+    def _check_usable(self) -> None:
+        if self._state is _State.CLOSED:
+            raise ClientClosedError("this FhirClient is closed")
+        self._state = _State.OPENED
+
+    # -- delivery ----------------------------------------------------------------
+
+    async def send(self, bundle: dict[str, Any]) -> SendResult:
+        """POST a transaction Bundle to the base URL, retrying per the policy.
+
+        The Bundle is serialised once, so every attempt sends the same bytes. Server
+        behaviour never raises: see :class:`Outcome` for what the result means. A
+        Bundle that is not ``type: transaction`` or not serialisable raises
+        ``ValueError``/``TypeError`` (a caller bug).
+        """
+        self._check_usable()
+        if not (isinstance(bundle, dict) and bundle.get("resourceType") == "Bundle"):
+            raise ValueError("send() takes a FHIR Bundle resource as a dict")
+        if bundle.get("type") != "transaction":
+            raise ValueError(f"send() takes a transaction Bundle, not type {bundle.get('type')!r}")
+        content = json.dumps(bundle, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+        async def post_once() -> httpx.Response:
+            return await self._http.post(self._base_url, content=content, headers=_TRANSACTION_HEADERS)
+
+        run = await self._policy.run(post_once, operation="transaction")
+        return _send_result(run)
+
+    # -- configuration check -----------------------------------------------------
+
+    async def get_metadata(self) -> dict[str, Any]:
+        """GET ``[base]/metadata`` once (no retries) and return the CapabilityStatement.
+
+        Raises the httpx ``TransportError`` when the server cannot be reached, and
+        :class:`UnexpectedResponseError` for a non-2xx status or another body.
+        """
+        self._check_usable()
+        response = await self._http.get(f"{self._base_url}/metadata")
+        body = _json_or_none(response)
+        if not response.is_success or not _is_resource(body, "CapabilityStatement"):
+            status_line = f"HTTP {response.status_code} {response.reason_phrase}".rstrip()
+            detail = operation_outcome_text(body) if _is_resource(body, "OperationOutcome") else ""
+            raise UnexpectedResponseError(
+                f"GET [base]/metadata answered {status_line} without a CapabilityStatement",
+                status_code=response.status_code,
+                diagnostics=detail,
+            )
+        return body
+
+    # -- reference lookup --------------------------------------------------------
+
+    async def resolve_reference(self, resource_type: str, system: str | None, value: str) -> str | None:
+        """Find the one ``resource_type`` with identifier ``system|value``; return ``"Type/id"``.
+
+        Searches ``GET [base]/{type}?identifier=system|value&_elements=id&_count=2``
+        under the retry policy. Returns ``None`` when no resource or more than one
+        matches (the caller then keeps a logical reference). With ``system=None`` any
+        system matches. Found references are cached on this client (bounded, least
+        recently used evicted); misses are not, so a resource created later is found.
+        Raises the last transport error or :class:`TokenRequestError` when retrying
+        ended without an answer, and :class:`UnexpectedResponseError` for any other
+        non-searchset answer.
+        """
+        self._check_usable()
+        if not _RESOURCE_TYPE.fullmatch(resource_type):
+            raise ValueError(f"not a FHIR resource type name: {resource_type!r}")
+        key = (resource_type, system, value)
+        cached = self._references.get(key)
+        if cached is not None:
+            self._references.move_to_end(key)
+            return cached
+
+        token = _escape_search(value) if system is None else f"{_escape_search(system)}|{_escape_search(value)}"
+        params = {"identifier": token, "_elements": "id", "_count": "2"}
+        url = f"{self._base_url}/{resource_type}"
+
+        async def search_once() -> httpx.Response:
+            return await self._http.get(url, params=params)
+
+        run = await self._policy.run(search_once, operation="search")
+        response = run.last.response
+        if response is None:
+            assert run.last.error is not None
+            raise run.last.error
+        body = _json_or_none(response)
+        if not response.is_success or not (_is_resource(body, "Bundle") and body.get("type") == "searchset"):
+            status_line = f"HTTP {response.status_code} {response.reason_phrase}".rstrip()
+            detail = operation_outcome_text(body) if _is_resource(body, "OperationOutcome") else ""
+            raise UnexpectedResponseError(
+                f"{resource_type} search answered {status_line} without a searchset Bundle"
+                + (f" ({run.stop_reason})" if run.gave_up else ""),
+                status_code=response.status_code,
+                diagnostics=detail,
+            )
+        reference = _single_match(body, resource_type)
+        if reference is not None:
+            self._references[key] = reference
+            if len(self._references) > MAX_CACHED_REFERENCES:
+                self._references.popitem(last=False)
+        return reference
+
+
+def _send_result(run: RetryRun) -> SendResult:
+    last = run.last
+    response = last.response
+    if run.gave_up or response is None:
+        body = _json_or_none(response) if response is not None else None
+        operation_outcome = body if _is_resource(body, "OperationOutcome") else None
+        detail = last.describe()
+        if operation_outcome:
+            detail += f": {operation_outcome_text(operation_outcome)}"
+        reason = run.stop_reason or "not retryable"
+        return SendResult(
+            outcome=Outcome.DEFERRED,
+            status_code=response.status_code if response is not None else None,
+            operation_outcome=operation_outcome,
+            diagnostics=f"{reason} after {run.attempts} attempt(s); last: {detail}",
+            attempts=run.attempts,
+            elapsed_s=run.elapsed_s,
+        )
+    verdict = interpret_transaction_response(response)
+    return SendResult(
+        outcome=verdict.outcome,
+        status_code=response.status_code,
+        operation_outcome=verdict.operation_outcome,
+        diagnostics=verdict.diagnostics,
+        attempts=run.attempts,
+        elapsed_s=run.elapsed_s,
+        response_bundle=verdict.response_bundle,
+    )
+
+
+def _single_match(searchset: dict[str, Any], resource_type: str) -> str | None:
+    total = searchset.get("total")
+    if isinstance(total, int) and total != 1:
+        return None
+    entries = searchset.get("entry")
+    matches = [
+        entry.get("resource")
+        for entry in (entries if isinstance(entries, list) else [])
+        if isinstance(entry, dict) and _search_mode(entry) == "match"
+    ]
+    if len(matches) != 1:
+        return None
+    (match,) = matches
+    if not _is_resource(match, resource_type):
+        return None
+    resource_id = match.get("id")
+    return f"{resource_type}/{resource_id}" if isinstance(resource_id, str) and resource_id else None
+
+
+def _search_mode(entry: dict[str, Any]) -> Any:
+    """``entry.search.mode``; entries without one count as matches."""
+    search = entry.get("search")
+    return search.get("mode", "match") if isinstance(search, dict) else "match"
+
+
+def _escape_search(text: str) -> str:
+    """Escape a token search parameter part (FHIR R5 search, "Escaping Search Parameters")."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace(",", "\\,").replace("$", "\\$")
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _is_resource(value: Any, resource_type: str) -> TypeGuard[dict[str, Any]]:
+    return isinstance(value, dict) and value.get("resourceType") == resource_type
