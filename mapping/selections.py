@@ -143,10 +143,11 @@ def image_region_2d(item: ContentNode, walk: _Walk) -> None:
         regions = [{"regionType": "point", "coordinate": coordinates[i:i + 2]} for i in range(0, len(coordinates), 2)]
     else:
         regions = [{"regionType": region_type, "coordinate": coordinates}]
-    instance = _instance(source.value)
-    instance["imageRegion2D"] = regions
     draft = walk.draft("image-region-2d", fixed.IMAGE_REGION, item)
-    _add_instance(draft, instance, source.value, walk)
+    for region in regions:  # the profile allows one imageRegion2D per instance entry
+        instance = _instance(source.value)
+        instance["imageRegion2D"] = [region]
+        _add_instance(draft, instance, source.value, walk)
     _add_focus(draft, item, walk)
 
 
@@ -248,6 +249,11 @@ BUILDERS: dict[tuple[tuple[str, str], str], Callable[[ContentNode, _Walk], None]
     (concepts.REFERENCED_SEGMENT, "IMAGE"): referenced_segment,
     (concepts.REFERENCED_SEGMENTATION_FRAME, "IMAGE"): referenced_segmentation_frame,
 }
+
+# The IG's region-in-space fixes instance.sopClass to "11.2.840.10008.5.1.4.1.1.481.3", a typo
+# for RT Structure Set Storage (MAPPING.md §9.1). We write the real UID, so such a selection
+# cannot claim that profile; it claims the abstract parent, which it does conform to.
+_CLAIMED_PROFILE = {"region-in-space": "observation-imaging-selection"}
 
 # Profile -> the Observation.derivedFrom slice that references it.
 _SLICES = {
@@ -366,7 +372,8 @@ def _selection_base(ctx: ReportContext, resource_id: str, profile: str, code: di
 
 def _finish(draft: _Draft, walk: _Walk) -> str:
     ctx = walk.ctx
-    resource = _selection_base(ctx, ctx.id_for(walk.node, draft.profile), draft.profile, draft.code, _study_of(draft, walk))
+    claimed = _CLAIMED_PROFILE.get(draft.profile, draft.profile)
+    resource = _selection_base(ctx, ctx.id_for(walk.node, draft.profile), claimed, draft.code, _study_of(draft, walk))
     if draft.series_uid:
         resource["seriesUid"] = draft.series_uid
     if draft.frame_of_reference_uid:

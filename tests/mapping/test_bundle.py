@@ -1,0 +1,112 @@
+"""The transaction Bundle: fullUrls, requests, determinism, idempotent ids, write modes."""
+
+from __future__ import annotations
+
+import re
+from io import BytesIO
+
+import pydicom
+import pytest
+
+from mapping import MappingOptions, map_sr, serialize
+from mapping.ids import report_scoped_id, shared_id
+from tests import sr_builders as sr
+from tests.bundle_queries import one, resources
+
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def rich_report(**kwargs):
+    region = sr.scoord_item("POLYLINE", [1, 2, 3, 4], sr.source_image(sr.CT_IMAGE_STORAGE, sr.uid("ct:1")))
+    group = sr.measurement_group("1410", items=[region], finding_site=sr.finding_site_item(sr.LUNG),
+                                 algorithm=sr.algorithm_items("Finder", "1"),
+                                 measurements=[sr.num_item(sr.LENGTH, 4, sr.MM, observation_uid=sr.uid("n1"))],
+                                 qualitative=[sr.code_item(sr.MALIGNANCY, sr.HIGHLY_SUSPICIOUS)])
+    return sr.measurement_report([group], **kwargs)
+
+
+def all_references(value):
+    if isinstance(value, dict):
+        if isinstance(value.get("reference"), str):
+            yield value["reference"]
+        for child in value.values():
+            yield from all_references(child)
+    elif isinstance(value, list):
+        for child in value:
+            yield from all_references(child)
+
+
+def test_transaction_with_urn_uuid_full_urls_and_put_requests():
+    bundle = map_sr(rich_report()).bundle
+    assert bundle["resourceType"] == "Bundle" and bundle["type"] == "transaction"
+    urls = [entry["fullUrl"] for entry in bundle["entry"]]
+    assert len(urls) == len(set(urls))
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        assert UUID.match(resource["id"])
+        assert entry["fullUrl"] == f"urn:uuid:{resource['id']}"
+        assert entry["request"] == {"method": "PUT", "url": f"{resource['resourceType']}/{resource['id']}"}
+        assert resource["meta"]["profile"][0].startswith("http://hl7.org/fhir/uv/dicom-sr/StructureDefinition/")
+
+
+def test_every_literal_reference_resolves_inside_the_bundle():
+    bundle = map_sr(rich_report()).bundle
+    urls = {entry["fullUrl"] for entry in bundle["entry"]}
+    references = list(all_references(bundle))
+    assert references
+    assert set(references) <= urls
+
+
+def test_same_input_gives_byte_identical_output():
+    first = serialize(map_sr(rich_report()).bundle)
+    reread = pydicom.dcmread(BytesIO(sr.to_part10_bytes(rich_report())))
+    assert serialize(map_sr(reread).bundle) == first
+    assert serialize(map_sr(reread).bundle) == first
+
+
+def test_resending_an_sr_yields_the_same_ids_and_another_sr_new_ones():
+    ids = [e["fullUrl"] for e in map_sr(rich_report()).bundle["entry"]]
+    again = [e["fullUrl"] for e in map_sr(rich_report()).bundle["entry"]]
+    other = map_sr(rich_report(sop_instance_uid=sr.uid("another-sr"))).bundle
+    assert ids == again
+    observation_ids = {r["id"] for r in resources(other, resource_type="Observation")}
+    assert observation_ids.isdisjoint(ids_of(map_sr(rich_report()).bundle, "Observation"))
+
+
+def ids_of(bundle, resource_type):
+    return {r["id"] for r in resources(bundle, resource_type=resource_type)}
+
+
+def test_ids_are_uuid5_of_report_path_and_kind():
+    bundle = map_sr(rich_report()).bundle
+    group = one(bundle, "imaging-measurement-group")
+    assert group["id"] == report_scoped_id(sr.uid("sr"), "1.5.1", "imaging-measurement-group")
+    site = one(bundle, "dicom-sr-finding-site")
+    assert site["id"] == shared_id("finding-site", sr.uid("tracking:Lesion 1"))
+
+
+def test_conditional_mode_posts_with_if_none_exist_on_an_identifier():
+    bundle = map_sr(rich_report(), MappingOptions(write_mode="conditional")).bundle
+    for entry in bundle["entry"]:
+        resource, request = entry["resource"], entry["request"]
+        assert "id" not in resource
+        assert request["method"] == "POST" and request["url"] == resource["resourceType"]
+        system, value = request["ifNoneExist"].removeprefix("identifier=").split("|", 1)
+        assert {"system": system, "value": value} in [
+            {"system": i.get("system"), "value": i["value"]} for i in resource["identifier"]]
+    site = one(bundle, "dicom-sr-finding-site")
+    assert next(e for e in bundle["entry"] if e["resource"] is site)["request"]["ifNoneExist"] == (
+        "identifier=urn:dicom:uid|urn:oid:" + sr.uid("tracking:Lesion 1"))
+
+
+def test_conditional_mode_keys_match_put_ids():
+    put = map_sr(rich_report()).bundle
+    conditional = map_sr(rich_report(), MappingOptions(write_mode="conditional")).bundle
+    assert [e["fullUrl"] for e in put["entry"]] == [e["fullUrl"] for e in conditional["entry"]]
+
+
+@pytest.mark.parametrize("write_mode", ["put", "conditional"])
+def test_bundles_are_json_serialisable_utf8(write_mode):
+    report = rich_report(person_observer="Łukasz^Zoë")
+    text = serialize(map_sr(report, MappingOptions(write_mode=write_mode)).bundle).decode("utf-8")
+    assert "Łukasz" in text
