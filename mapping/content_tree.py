@@ -14,11 +14,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom.charset import convert_encodings
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
 from pydicom.sr._snomed_dict import mapping as _SNOMED  # pydicom's own SRT -> SCT table
 
 from .coding import Concept
 from .errors import Skipped
+from .raw_items import RawItem, RawParseError, parse_sequence
 
 __all__ = [
     "ContentNode",
@@ -31,9 +35,14 @@ __all__ = [
     "read_content_tree",
 ]
 
-# What reading a malformed element can raise (pydicom value conversion, a wrong VR turning a
-# sequence into a string, a missing sub-item). Caught per content item, never wider.
-READ_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, struct.error)
+# What reading a malformed element can raise: pydicom's value conversion (ValueError,
+# OverflowError, struct.error), a wrong VR turning a sequence into a string (TypeError,
+# AttributeError), a missing sub-item (KeyError, IndexError), a malformed raw sequence
+# (OSError, EOFError), an unknown VR (NotImplementedError) or a binary value whose length
+# does not fit its VR (BytesLengthException). Mapping does no I/O, so an OSError here is
+# always a decoding failure. Caught per content item, never wider.
+READ_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, struct.error,
+               EOFError, OSError, NotImplementedError, BytesLengthException)
 
 # Tags, as the standard names them (PS3.3 C.17.3, C.18).
 _VALUE_TYPE = 0x0040A040
@@ -147,6 +156,7 @@ class ContentNode:
 
 def read_content_tree(ds: Dataset, skipped: list[Skipped]) -> ContentNode:
     """Read the document root (the dataset itself is the root CONTAINER) and its subtree."""
+    items = _raw_content_items(ds)
     return ContentNode(
         path="1",
         relationship=None,
@@ -156,11 +166,27 @@ def read_content_tree(ds: Dataset, skipped: list[Skipped]) -> ContentNode:
         observation_uid=_str(_get(ds, _OBSERVATION_UID)),
         observation_datetime=_str(_get(ds, _OBSERVATION_DATETIME)),
         template_id=_template_id(ds),
-        children=_read_children(ds, "1", skipped),
+        children=_read_children(ds, "1", skipped, items),
     )
 
 
-def read_concept(item: Dataset | None) -> Concept | None:
+def _raw_content_items(ds: Dataset) -> list[RawItem] | None:
+    """The Content Sequence parsed straight from its raw bytes, or None to let pydicom do it.
+
+    Only for a not-yet-decoded, little-endian raw element (what ``dcmread`` leaves); a parse
+    failure also falls back, and pydicom then reports what is wrong item by item.
+    """
+    raw = ds.get_item(_CONTENT_SEQUENCE) if _CONTENT_SEQUENCE in ds else None
+    if not isinstance(raw, RawDataElement) or not raw.is_little_endian or not isinstance(raw.value, bytes):
+        return None
+    try:
+        encodings = tuple(convert_encodings(ds.get("SpecificCharacterSet")))
+        return parse_sequence(raw.value, implicit_vr=raw.is_implicit_VR, encodings=encodings)
+    except (RawParseError, LookupError, ValueError):
+        return None
+
+
+def read_concept(item: Dataset | RawItem | None) -> Concept | None:
     """A :class:`Concept` from a code sequence item, or None when it has no code."""
     if item is None:
         return None
@@ -180,12 +206,14 @@ def read_concept(item: Dataset | None) -> Concept | None:
     )
 
 
-def _read_children(ds: Dataset, path: str, skipped: list[Skipped]) -> tuple[ContentNode, ...]:
-    try:
-        items = _get(ds, _CONTENT_SEQUENCE)
-    except READ_ERRORS as exc:
-        skipped.append(Skipped(path, f"Content Sequence (0040,A730) unreadable: {_brief(exc)}"))
-        return ()
+def _read_children(ds: Dataset | RawItem, path: str, skipped: list[Skipped],
+                   items: list[RawItem] | None = None) -> tuple[ContentNode, ...]:
+    if items is None:
+        try:
+            items = _get(ds, _CONTENT_SEQUENCE)
+        except READ_ERRORS as exc:
+            skipped.append(Skipped(path, f"Content Sequence (0040,A730) unreadable: {_brief(exc)}"))
+            return ()
     if not items:
         return ()
     nodes = []
@@ -201,8 +229,8 @@ def _read_children(ds: Dataset, path: str, skipped: list[Skipped]) -> tuple[Cont
     return tuple(nodes)
 
 
-def _read_item(item: Dataset, path: str, skipped: list[Skipped]) -> ContentNode | None:
-    if not isinstance(item, Dataset):
+def _read_item(item: Dataset | RawItem, path: str, skipped: list[Skipped]) -> ContentNode | None:
+    if not isinstance(item, (Dataset, RawItem)):
         raise TypeError("item is not a dataset")
     relationship = _str(_get(item, _RELATIONSHIP_TYPE))
     if _get(item, _REFERENCED_CONTENT_ITEM) is not None:
@@ -237,17 +265,17 @@ def _read_item(item: Dataset, path: str, skipped: list[Skipped]) -> ContentNode 
 
 # Value readers: item -> (value, problem). ``problem`` is None when the value is usable.
 
-def _text(item: Dataset) -> tuple[Any, str | None]:
+def _text(item: Dataset | RawItem) -> tuple[Any, str | None]:
     text = _get(item, _TEXT_VALUE)
     return (str(text), None) if text is not None else (None, "no Text Value (0040,A160)")
 
 
-def _code(item: Dataset) -> tuple[Any, str | None]:
+def _code(item: Dataset | RawItem) -> tuple[Any, str | None]:
     concept = read_concept(_first_item(item, _CONCEPT_CODE))
     return (concept, None) if concept else (None, "no readable Concept Code Sequence (0040,A168)")
 
 
-def _num(item: Dataset) -> tuple[Any, str | None]:
+def _num(item: Dataset | RawItem) -> tuple[Any, str | None]:
     qualifier = read_concept(_first_item(item, _NUMERIC_QUALIFIER))
     measured = _first_item(item, _MEASURED_VALUE)
     if measured is None:
@@ -264,24 +292,24 @@ def _num(item: Dataset) -> tuple[Any, str | None]:
     return NumValue(value, read_concept(_first_item(measured, _UNITS)), qualifier), None
 
 
-def _uidref(item: Dataset) -> tuple[Any, str | None]:
+def _uidref(item: Dataset | RawItem) -> tuple[Any, str | None]:
     uid = _str(_get(item, _UID))
     return (uid, None) if uid else (None, "no UID (0040,A124)")
 
 
-def _pname(item: Dataset) -> tuple[Any, str | None]:
+def _pname(item: Dataset | RawItem) -> tuple[Any, str | None]:
     name = _get(item, _PERSON_NAME)
     return (name, None) if name else (None, "no Person Name (0040,A123)")
 
 
 def _datetime(tag: int):
-    def read(item: Dataset) -> tuple[Any, str | None]:
+    def read(item: Dataset | RawItem) -> tuple[Any, str | None]:
         value = _str(_get(item, tag))
         return (value, None) if value else (None, "no value")
     return read
 
 
-def _composite(item: Dataset) -> tuple[Any, str | None]:
+def _composite(item: Dataset | RawItem) -> tuple[Any, str | None]:
     ref = _first_item(item, _REFERENCED_SOP)
     if ref is None:
         return None, "no Referenced SOP Sequence (0008,1199)"
@@ -293,7 +321,7 @@ def _composite(item: Dataset) -> tuple[Any, str | None]:
                     _ints(_get(ref, _REFERENCED_SEGMENTS))), None
 
 
-def _scoord(item: Dataset) -> tuple[Any, str | None]:
+def _scoord(item: Dataset | RawItem) -> tuple[Any, str | None]:
     graphic_type = _str(_get(item, _GRAPHIC_TYPE))
     data = _floats(_get(item, _GRAPHIC_DATA))
     if not graphic_type or not data:
@@ -301,7 +329,7 @@ def _scoord(item: Dataset) -> tuple[Any, str | None]:
     return ScoordValue(graphic_type.upper(), data), None
 
 
-def _scoord3d(item: Dataset) -> tuple[Any, str | None]:
+def _scoord3d(item: Dataset | RawItem) -> tuple[Any, str | None]:
     graphic_type = _str(_get(item, _GRAPHIC_TYPE))
     data = _floats(_get(item, _GRAPHIC_DATA))
     frame_of_reference = _str(_get(item, _FRAME_OF_REFERENCE))
@@ -331,17 +359,19 @@ _VALUE_READERS = {
 
 # Element access -------------------------------------------------------------------------
 
-def _get(ds: Dataset, tag: int) -> Any:
+def _get(ds: Dataset | RawItem, tag: int) -> Any:
+    if type(ds) is RawItem:
+        return ds.value(tag)
     elem = ds.get(tag)
     return None if elem is None else elem.value
 
 
-def _first_item(ds: Dataset, tag: int) -> Dataset | None:
+def _first_item(ds: Dataset | RawItem, tag: int) -> Dataset | RawItem | None:
     seq = _get(ds, tag)
     if not seq:
         return None
     item = seq[0]
-    if not isinstance(item, Dataset):
+    if not isinstance(item, (Dataset, RawItem)):
         raise TypeError(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) is not a sequence")
     return item
 
@@ -353,7 +383,7 @@ def _str(value: Any) -> str | None:
     return text or None
 
 
-def _template_id(ds: Dataset) -> str | None:
+def _template_id(ds: Dataset | RawItem) -> str | None:
     item = _first_item(ds, _CONTENT_TEMPLATE)
     return _str(_get(item, _TEMPLATE_IDENTIFIER)) if item is not None else None
 
