@@ -1,0 +1,435 @@
+"""scp.config: the settings tree, config.yaml, environment overrides and error lines."""
+
+from __future__ import annotations
+
+import pickle
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from fhir_client import FhirSettings, OAuth2ClientCredentialsSettings
+from mapping import MappingOptions
+from scp.config import (
+    ConfigError,
+    DicomSettings,
+    FhirDeliverySettings,
+    Settings,
+    load_settings,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHIPPED_CONFIG = REPO_ROOT / "config.yaml"
+
+
+def write_config(directory: Path, text: str, name: str = "config.yaml") -> Path:
+    path = directory / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def problems_of(path: Path | None, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ=environ or {})
+    assert str(caught.value) == "\n".join(caught.value.problems)
+    return caught.value.problems
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+class TestDefaults:
+    def test_sections_have_the_documented_defaults(self):
+        settings = Settings()
+        assert settings.dicom.ae_title == "SR2FHIR"
+        assert (settings.dicom.host, settings.dicom.port) == ("127.0.0.1", 11112)
+        assert settings.dicom.max_associations == 16
+        assert settings.dicom.allowed_calling_ae_titles == []
+        assert settings.dicom.require_called_ae_title is True
+        assert settings.dicom.tcp_nodelay is True
+        assert min(settings.dicom.acse_timeout_s, settings.dicom.dimse_timeout_s,
+                   settings.dicom.network_timeout_s) > 0
+        assert settings.spool.directory == Path("spool")
+        assert settings.spool.segment_max_bytes == 64 * 1024 * 1024
+        assert settings.spool.retention == "delete"
+        assert settings.spool.min_free_bytes == 100 * 1024 * 1024
+        assert settings.fhir.base_url is None
+        assert settings.fhir.outbox_directory == Path("outbox")
+        assert settings.fhir.writes_to_outbox
+        assert settings.mapping == MappingOptions()
+        assert (settings.forwarder.concurrency, settings.forwarder.poll_interval_s,
+                settings.forwarder.batch_size) == (4, 0.2, 32)
+        assert (settings.log.level, settings.log.format, settings.log.include_phi) == ("info", "auto", False)
+        assert (settings.health.host, settings.health.port) == ("127.0.0.1", None)
+
+    def test_fhir_section_is_a_fhir_client_settings(self):
+        assert isinstance(Settings().fhir, FhirSettings)
+
+    def test_settings_are_frozen(self):
+        settings = Settings()
+        with pytest.raises(ValidationError):
+            settings.dicom.port = 1  # type: ignore[misc]
+
+    def test_no_file_means_defaults_with_paths_under_the_current_directory(self, tmp_path, monkeypatch):
+        monkeypatch.chdir(tmp_path)
+        settings = load_settings(None, environ={})
+        assert settings.dicom == DicomSettings()
+        assert settings.spool.directory == tmp_path / "spool"
+        assert settings.fhir.outbox_directory == tmp_path / "outbox"
+
+    def test_empty_file_is_all_defaults(self, tmp_path):
+        settings = load_settings(write_config(tmp_path, ""), environ={})
+        assert settings.dicom == DicomSettings()
+
+
+# --------------------------------------------------------------------------- config.yaml
+
+
+class TestShippedConfig:
+    def test_it_loads(self):
+        settings = load_settings(SHIPPED_CONFIG, environ={})
+        assert (settings.dicom.ae_title, settings.dicom.host, settings.dicom.port) == ("SR2FHIR", "127.0.0.1", 11112)
+        assert settings.spool.directory == REPO_ROOT / "spool"
+        assert settings.fhir.base_url is None
+        assert settings.fhir.outbox_directory == REPO_ROOT / "outbox"
+
+    def test_it_states_the_defaults(self):
+        shipped = load_settings(SHIPPED_CONFIG, environ={})
+        defaults = Settings.model_validate({})
+        for section in Settings.model_fields:
+            assert _relative_to(getattr(shipped, section), REPO_ROOT) == getattr(defaults, section), section
+
+    def test_every_key_is_present_and_commented(self):
+        text = SHIPPED_CONFIG.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+        missing = [key for key in _model_keys(Settings) if not _has_key(data, key)]
+        assert missing == []
+        lines = text.splitlines()
+        for key in _model_keys(Settings):
+            leaf = key.split(".")[-1]
+            index = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{leaf}:"))
+            assert lines[index - 1].strip().startswith("#"), f"{key} has no comment above it"
+            env_name = "SR2FHIR_" + key.replace(".", "__").upper()
+            assert env_name in text, f"{key}: env form {env_name} not documented"
+
+    def test_the_commented_https_example_is_valid(self, tmp_path):
+        text = SHIPPED_CONFIG.read_text(encoding="utf-8")
+        block = text.split("# Example — an https server", 1)[1].split("# Example — HTTP Basic", 1)[0]
+        body = [line.strip()[2:] for line in block.splitlines()[2:] if line.strip().startswith("# ")]
+        for name in ("hospital-ca.pem", "sr2fhir.crt", "sr2fhir.key"):
+            (tmp_path / name).write_text("-----BEGIN CERTIFICATE-----\n")
+        fhir_block = "\n".join(body).replace("/etc/sr2fhir/", "")
+        config = write_config(tmp_path, "fhir:\n" + textwrap.indent(fhir_block, "  ") + "\n")
+        settings = load_settings(config, environ={"SR2FHIR_FHIR__AUTH__CLIENT_SECRET": "s3cret"})
+        assert isinstance(settings.fhir.auth, OAuth2ClientCredentialsSettings)
+        assert settings.fhir.reference_mode == "resolve"
+        assert settings.fhir.tls.ca_bundle == tmp_path / "hospital-ca.pem"
+        assert not settings.fhir.writes_to_outbox
+
+
+def _model_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys += _model_keys(annotation, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _has_key(data: dict, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
+def _relative_to(model: BaseModel, root: Path) -> BaseModel:
+    updates = {}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, Path) and value.is_absolute():
+            updates[name] = value.relative_to(root)
+        elif isinstance(value, BaseModel):
+            updates[name] = _relative_to(value, root)
+    return model.model_copy(update=updates)
+
+
+# --------------------------------------------------------------------------- valid files
+
+
+class TestValidFiles:
+    def test_minimal_config_with_a_server(self, tmp_path):
+        config = write_config(tmp_path, """\
+            dicom: {ae_title: BRIDGE, port: 104}
+            spool: {directory: /var/spool/sr2fhir}
+            fhir: {base_url: "https://fhir.example.org/r5"}
+            """)
+        settings = load_settings(config, environ={})
+        assert settings.dicom.ae_title == "BRIDGE"
+        assert str(settings.fhir.base_url) == "https://fhir.example.org/r5"
+        assert settings.spool.directory == Path("/var/spool/sr2fhir")
+        assert not settings.fhir.writes_to_outbox
+
+    def test_minimal_config_with_an_outbox(self, tmp_path):
+        config = write_config(tmp_path, """\
+            dicom: {port: 0}
+            spool: {directory: spool}
+            fhir: {outbox_directory: bundles}
+            """)
+        settings = load_settings(config, environ={})
+        assert settings.dicom.port == 0
+        assert settings.fhir.outbox_directory == tmp_path / "bundles"
+        assert settings.fhir.writes_to_outbox
+
+    def test_relative_paths_are_resolved_against_the_config_directory(self, tmp_path, monkeypatch):
+        conf_dir = tmp_path / "etc"
+        conf_dir.mkdir()
+        (conf_dir / "ca.pem").write_text("x")
+        elsewhere = tmp_path / "run"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)
+        config = write_config(conf_dir, """\
+            spool: {directory: ../var/spool}
+            fhir: {tls: {ca_bundle: ca.pem}}
+            """)
+        settings = load_settings(config, environ={})
+        assert settings.spool.directory == tmp_path / "var" / "spool"
+        assert settings.fhir.tls.ca_bundle == conf_dir / "ca.pem"
+        assert settings.fhir.outbox_directory == conf_dir / "outbox"  # a default, left out of the file
+
+    def test_a_section_with_every_key_commented_out_is_all_defaults(self, tmp_path):
+        config = write_config(tmp_path, "fhir:\n  # base_url: https://fhir.example.org\n  tls:\nlog:\n")
+        settings = load_settings(config, environ={"SR2FHIR_FHIR__TIMEOUT_S": "5"})
+        assert settings.fhir.tls.verify is True
+        assert settings.fhir.timeout_s == 5
+        assert settings.log == Settings().log
+
+    def test_sizes_accept_units_and_names_are_case_insensitive(self, tmp_path):
+        config = write_config(tmp_path, """\
+            spool: {segment_max_bytes: 8 MiB, min_free_bytes: 1GB}
+            log: {level: DEBUG, format: JSON}
+            dicom: {ae_title: "  PACS  ", allowed_calling_ae_titles: [ROUTER, "AI NODE"]}
+            """)
+        settings = load_settings(config, environ={})
+        assert settings.spool.segment_max_bytes == 8 * 1024 * 1024
+        assert settings.spool.min_free_bytes == 1_000_000_000
+        assert (settings.log.level, settings.log.format) == ("debug", "json")
+        assert settings.dicom.ae_title == "PACS"
+        assert settings.dicom.allowed_calling_ae_titles == ["ROUTER", "AI NODE"]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class TestErrors:
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            pytest.param("dicom:\n  portt: 11112\n", "dicom.portt: unknown key (did you mean 'port'?)", id="unknown-key"),
+            pytest.param("dicom:\n  port: eleven\n", "dicom.port: must be a whole number", id="wrong-type"),
+            pytest.param("dicom:\n  port: 70000\n", "dicom.port: must be <= 65535", id="port-too-high"),
+            pytest.param("dicom:\n  port: -1\n", "dicom.port: must be >= 0", id="port-negative"),
+            pytest.param("dicom:\n  ae_title: THIS_TITLE_IS_TOO_LONG\n",
+                         "dicom.ae_title: must be at most 16 characters (has 22)", id="ae-too-long"),
+            pytest.param("dicom:\n  ae_title: 'A\\B'\n", "dicom.ae_title: must not contain a backslash", id="ae-backslash"),
+            pytest.param("dicom:\n  ae_title: '    '\n", "dicom.ae_title: must not be empty or all spaces", id="ae-spaces"),
+            pytest.param("dicom:\n  ae_title: \"A\\tB\"\n",
+                         "dicom.ae_title: must contain only printable ASCII characters (no control characters)",
+                         id="ae-control"),
+            pytest.param("dicom:\n  allowed_calling_ae_titles: [OK, '']\n",
+                         "dicom.allowed_calling_ae_titles[1]: must not be empty or all spaces", id="ae-in-list"),
+            pytest.param("dicom:\n  ae_title: 1234\n", "dicom.ae_title: must be a string (put it in quotes)",
+                         id="ae-number"),
+            pytest.param("fhir:\n  retry: {initial_backoff_s: 10, max_backoff_s: 5}\n",
+                         "fhir.retry.max_backoff_s: max_backoff_s (5.0) must be greater than or equal to "
+                         "initial_backoff_s (10.0)", id="impossible-backoff"),
+            pytest.param("fhir:\n  base_url: ftp://example.org\n", "fhir.base_url: URL scheme must be 'http' or 'https'",
+                         id="url-scheme"),
+            pytest.param("fhir:\n  auth: {kind: kerberos}\n",
+                         "fhir.auth.kind: must be one of 'none', 'basic', 'bearer', 'oauth2_client_credentials'",
+                         id="auth-kind"),
+            pytest.param("fhir:\n  auth: {kind: bearer}\n", "fhir.auth.token: required, not given", id="auth-missing"),
+            pytest.param("fhir:\n  reference_mode: resolve\n",
+                         "fhir.reference_mode: 'resolve' looks references up on the server and needs fhir.base_url",
+                         id="resolve-without-server"),
+            pytest.param("spool:\n  retention: archive\n", "spool.retention: must be one of 'delete' or 'keep'",
+                         id="literal"),
+            pytest.param("spool:\n  min_free_bytes: plenty\n",
+                         "spool.min_free_bytes: must be a number of bytes, e.g. 67108864 or '64 MiB'", id="size"),
+            pytest.param("forwarder:\n  concurrency: 65\n", "forwarder.concurrency: must be <= 64", id="concurrency"),
+            pytest.param("forwarder:\n  poll_interval_s: 0\n", "forwarder.poll_interval_s: must be > 0", id="interval"),
+            pytest.param("mapping:\n  default_timezone: Mars/Olympus\n",
+                         "mapping.default_timezone: unknown time zone 'Mars/Olympus' "
+                         "(use an IANA name such as 'Europe/Berlin' or 'UTC')", id="mapping"),
+            pytest.param("health:\n  port: 11112\n", "health: port 11112 is already dicom.port; choose another",
+                         id="port-clash"),
+            pytest.param("dicom: [port, 11112]\n", "dicom: must be a mapping of keys", id="section-not-mapping"),
+            pytest.param("logs:\n  level: info\n", "logs: unknown key (did you mean 'log'?)", id="unknown-section"),
+        ],
+    )
+    def test_one_line_with_file_and_key_path(self, tmp_path, text, expected):
+        config = write_config(tmp_path, text)
+        assert problems_of(config) == [f"{config}: {expected}"]
+
+    def test_every_problem_is_reported_in_file_order(self, tmp_path):
+        config = write_config(tmp_path, """\
+            dicom: {port: 70000, portt: 1}
+            log: {level: loud}
+            """)
+        assert problems_of(config) == [
+            f"{config}: dicom.port: must be <= 65535",
+            f"{config}: dicom.portt: unknown key (did you mean 'port'?)",
+            f"{config}: log.level: must be one of 'debug', 'info', 'warning', 'error' or 'critical'",
+        ]
+
+    def test_label_is_the_path_as_given(self, tmp_path, monkeypatch):
+        monkeypatch.chdir(tmp_path)
+        write_config(tmp_path, "dicom:\n  portt: 1\n")
+        assert problems_of(Path("config.yaml")) == ["config.yaml: dicom.portt: unknown key (did you mean 'port'?)"]
+
+    def test_yaml_syntax_error_names_line_and_column(self, tmp_path):
+        config = write_config(tmp_path, "dicom:\n  port: 11112\n  ae_title: [SR2FHIR\nspool: {}\n")
+        [problem] = problems_of(config)
+        assert problem.startswith(f"{config}: line 4, column 6: YAML syntax error: ")
+
+    def test_yaml_error_does_not_quote_the_line(self, tmp_path):
+        config = write_config(tmp_path, "fhir:\n  auth: {kind: bearer, token: hunter2: x}\n")
+        [problem] = problems_of(config)
+        assert "line 2" in problem
+        assert "hunter2" not in problem
+
+    def test_duplicate_keys_are_an_error(self, tmp_path):
+        config = write_config(tmp_path, "dicom:\n  port: 104\n  port: 11112\n")
+        assert problems_of(config) == [
+            f"{config}: line 3, column 3: YAML error: duplicate key 'port' (first given at line 2)"
+        ]
+
+    def test_top_level_list(self, tmp_path):
+        config = write_config(tmp_path, "- dicom\n- spool\n")
+        assert problems_of(config) == [
+            f"{config}: (top level): must be a mapping of sections "
+            "(dicom, spool, fhir, mapping, forwarder, log, health), not a list"
+        ]
+
+    def test_missing_explicit_file(self, tmp_path):
+        missing = tmp_path / "nope.yaml"
+        assert problems_of(missing) == [f"{missing}: no such file"]
+
+    def test_missing_tls_file_names_the_resolved_path(self, tmp_path):
+        config = write_config(tmp_path, "fhir:\n  tls: {ca_bundle: ca.pem}\n")
+        assert problems_of(config) == [f"{config}: fhir.tls.ca_bundle: no such file: {tmp_path / 'ca.pem'}"]
+
+    def test_config_error_survives_pickling(self):
+        error = pickle.loads(pickle.dumps(ConfigError(["a: b: c", "d: e: f"])))
+        assert error.problems == ["a: b: c", "d: e: f"]
+        assert str(error) == "a: b: c\nd: e: f"
+
+    def test_config_error_is_not_chained_to_the_validation_error(self, tmp_path):
+        config = write_config(tmp_path, "fhir:\n  auth: {kind: basic, username: u, password: 12345678}\n")
+        with pytest.raises(ConfigError) as caught:
+            load_settings(config, environ={})
+        assert caught.value.__cause__ is None and caught.value.__suppress_context__
+        assert "12345678" not in str(caught.value)
+
+
+# --------------------------------------------------------------------------- environment
+
+
+OAUTH_FILE = """\
+    fhir:
+      base_url: https://fhir.example.org/r5
+      auth:
+        kind: oauth2_client_credentials
+        token_url: https://idp.example.org/token
+        client_id: sr2fhir
+    """
+
+
+class TestEnvironment:
+    def test_nested_secret_comes_from_the_environment(self, tmp_path):
+        config = write_config(tmp_path, OAUTH_FILE)
+        settings = load_settings(config, environ={"SR2FHIR_FHIR__AUTH__CLIENT_SECRET": "s3cr3t-value"})
+        assert isinstance(settings.fhir.auth.client_secret, SecretStr)
+        assert settings.fhir.auth.client_secret.get_secret_value() == "s3cr3t-value"
+        assert "s3cr3t-value" not in str(settings)
+        assert "s3cr3t-value" not in repr(settings)
+
+    def test_secret_is_taken_verbatim(self, tmp_path):
+        config = write_config(tmp_path, OAUTH_FILE)
+        settings = load_settings(config, environ={"SR2FHIR_FHIR__AUTH__CLIENT_SECRET": "0012"})
+        assert settings.fhir.auth.client_secret.get_secret_value() == "0012"
+
+    def test_secret_never_appears_in_errors(self, tmp_path):
+        config = write_config(tmp_path, OAUTH_FILE.replace("https://idp.example.org/token", "not a url"))
+        problems = problems_of(config, {"SR2FHIR_FHIR__AUTH__CLIENT_SECRET": "s3cr3t-value",
+                                        "SR2FHIR_FHIR__AUTH__CLIENT_SECRET_TYPO": "s3cr3t-value"})
+        assert problems == [
+            f"{config}: fhir.auth.token_url: must be a URL (relative URL without a base)",
+            "env SR2FHIR_FHIR__AUTH__CLIENT_SECRET_TYPO: fhir.auth.client_secret_typo: unknown key "
+            "(did you mean 'client_secret'?)",
+        ]
+        assert all("s3cr3t" not in problem for problem in problems)
+
+    def test_values_are_yaml_scalars(self, tmp_path):
+        settings = load_settings(None, environ={
+            "SR2FHIR_DICOM__PORT": "11113",
+            "SR2FHIR_DICOM__TCP_NODELAY": "false",
+            "SR2FHIR_DICOM__AE_TITLE": "1234",
+            "SR2FHIR_DICOM__ALLOWED_CALLING_AE_TITLES": "[PACS, AI]",
+            "SR2FHIR_FORWARDER__POLL_INTERVAL_S": "0.5",
+            "SR2FHIR_LOG__LEVEL": "WARNING",
+            "SR2FHIR_HEALTH__PORT": "8080",
+        })
+        assert settings.dicom.port == 11113
+        assert settings.dicom.tcp_nodelay is False
+        assert settings.dicom.ae_title == "1234"
+        assert settings.dicom.allowed_calling_ae_titles == ["PACS", "AI"]
+        assert settings.forwarder.poll_interval_s == 0.5
+        assert settings.log.level == "warning"
+        assert settings.health.port == 8080
+
+    def test_environment_wins_over_the_file_and_null_unsets(self, tmp_path):
+        config = write_config(tmp_path, "dicom: {port: 104}\nfhir: {base_url: 'https://a.example.org'}\n")
+        settings = load_settings(config, environ={"SR2FHIR_DICOM__PORT": "11113", "SR2FHIR_FHIR__BASE_URL": "null"})
+        assert settings.dicom.port == 11113
+        assert settings.fhir.writes_to_outbox
+
+    def test_a_whole_union_member_can_come_from_the_environment(self):
+        settings = load_settings(None, environ={
+            "SR2FHIR_FHIR__BASE_URL": "https://fhir.example.org",
+            "SR2FHIR_FHIR__AUTH__KIND": "bearer",
+            "SR2FHIR_FHIR__AUTH__TOKEN": "t0ken",
+        })
+        assert settings.fhir.auth.token.get_secret_value() == "t0ken"
+
+    def test_errors_name_the_variable(self):
+        assert problems_of(None, {"SR2FHIR_DICOM__PORT": "99999"}) == [
+            "env SR2FHIR_DICOM__PORT: dicom.port: must be <= 65535"
+        ]
+
+    def test_unrelated_variables_are_ignored(self):
+        settings = load_settings(None, environ={"SR2FHIR_CONFIG": "/etc/x.yaml", "SR2FHIR_REQUIRE_SHARED": "1",
+                                                "OTHER__DICOM__PORT": "1"})
+        assert settings.dicom.port == 11112
+
+    def test_relative_paths_from_the_environment_use_the_current_directory(self, tmp_path, monkeypatch):
+        conf_dir = tmp_path / "etc"
+        conf_dir.mkdir()
+        monkeypatch.chdir(tmp_path)
+        config = write_config(conf_dir, "spool: {directory: spool}\n")
+        settings = load_settings(config, environ={"SR2FHIR_SPOOL__DIRECTORY": "data/spool"})
+        assert settings.spool.directory == tmp_path / "data" / "spool"
+
+    def test_default_environ_is_os_environ(self, monkeypatch):
+        monkeypatch.setenv("SR2FHIR_DICOM__PORT", "11114")
+        assert load_settings(None).dicom.port == 11114
+
+
+def test_fhir_delivery_settings_keeps_fhir_client_validation():
+    with pytest.raises(ValidationError):
+        FhirDeliverySettings.model_validate({"timeout_s": 0})
