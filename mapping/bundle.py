@@ -10,7 +10,9 @@ natural one (Tracking UID, Device UID) or, failing that, the deterministic id as
 from __future__ import annotations
 
 import json
+import uuid
 
+from .ids import NAMESPACE
 from .options import WriteMode
 
 __all__ = ["BundleBuilder", "URI_SYSTEM", "serialize"]
@@ -40,7 +42,12 @@ class BundleBuilder:
         keys ``ifNoneExist`` on it.
         """
         resource_id = resource["id"]
-        full_url = f"urn:uuid:{resource_id}"
+        if self._write_mode == "put":
+            full_url = f"urn:uuid:{resource_id}"
+        else:
+            # Not the identifier's own value: some servers rewrite every string equal to a
+            # fullUrl in a transaction, not only references, which would corrupt the key.
+            full_url = f"urn:uuid:{uuid.uuid5(NAMESPACE, f'entry|{resource_id}')}"
         if full_url in self._entries:
             return full_url
         resource_type = resource["resourceType"]
@@ -49,7 +56,7 @@ class BundleBuilder:
         else:
             identifier = natural_identifier
             if identifier is None:
-                identifier = {"system": URI_SYSTEM, "value": full_url}
+                identifier = {"system": URI_SYSTEM, "value": f"urn:uuid:{resource_id}"}
                 resource.setdefault("identifier", []).append(identifier)
             del resource["id"]
             request = {

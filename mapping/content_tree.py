@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException
 from pydicom.sr._snomed_dict import mapping as _SNOMED  # pydicom's own SRT -> SCT table
 
+from .attributes import as_text
 from .coding import Concept
 from .errors import Skipped
 from .raw_items import RawItem, RawParseError, parse_sequence
@@ -194,14 +195,16 @@ def read_concept(item: Dataset | RawItem | None) -> Concept | None:
     scheme = _get(item, _CODING_SCHEME)
     if not value or not scheme:
         return None
-    value, scheme = str(value).strip(), str(scheme).strip()
+    value, scheme = as_text(value), as_text(scheme)
+    if not value or not scheme:
+        return None
     if scheme == "SRT" and value in _SNOMED["SRT"]:
         # The retired SNOMED-RT designator: same concept, SNOMED CT id (as pydicom's Code does).
         value, scheme = _SNOMED["SRT"][value], "SCT"
     return Concept(
         value=value,
         scheme=scheme,
-        meaning=str(_get(item, _CODE_MEANING) or "").strip(),
+        meaning=as_text(_get(item, _CODE_MEANING)) or "",
         scheme_version=_str(_get(item, _CODING_SCHEME_VERSION)),
     )
 
@@ -267,7 +270,8 @@ def _read_item(item: Dataset | RawItem, path: str, skipped: list[Skipped]) -> Co
 
 def _text(item: Dataset | RawItem) -> tuple[Any, str | None]:
     text = _get(item, _TEXT_VALUE)
-    return (str(text), None) if text is not None else (None, "no Text Value (0040,A160)")
+    text = as_text(text, strip=False)
+    return (text, None) if text is not None else (None, "no Text Value (0040,A160)")
 
 
 def _code(item: Dataset | RawItem) -> tuple[Any, str | None]:
@@ -377,10 +381,7 @@ def _first_item(ds: Dataset | RawItem, tag: int) -> Dataset | RawItem | None:
 
 
 def _str(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text or None
+    return as_text(value)
 
 
 def _template_id(ds: Dataset | RawItem) -> str | None:

@@ -16,7 +16,8 @@ from .attributes import text
 from .errors import InvalidValue, MissingContentItem
 from .profiles import fixed
 
-__all__ = ["patient_reference", "imaging_study_reference", "service_request_reference", "uid_identifier_value"]
+__all__ = ["patient_reference", "imaging_study_reference", "service_request_reference", "uid_identifier_value",
+           "study_instance_uid", "is_valid_uid"]
 
 _OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
@@ -76,9 +77,14 @@ def study_instance_uid(ds: Dataset) -> str:
     uid = text(ds, "StudyInstanceUID")
     if not uid:
         raise MissingContentItem("no Study Instance UID (0020,000D): partOf[imagingStudyRef] is mandatory")
-    if len(uid) > 64 or not _OID.match(uid):
-        raise InvalidValue(f"Study Instance UID (0020,000D) {uid!r} is not a valid UID")
+    if not is_valid_uid(uid):  # the value is not echoed: in a damaged file it may hold PHI
+        raise InvalidValue("Study Instance UID (0020,000D) is not a valid UID")
     return uid
+
+
+def is_valid_uid(uid: str) -> bool:
+    """Dotted digits, at most 64 characters (PS3.5 9.1); lenient on the 64 (real SRs exceed it)."""
+    return len(uid) <= 80 and bool(_OID.match(uid))
 
 
 def _issuer(ds: Dataset, sequence: str, local: str | None) -> tuple[str | None, str | None]:

@@ -21,7 +21,7 @@ from .groups import imaging_measurement_group
 from .measurements import Inherited, qualitative_evaluation
 from .options import MappingOptions
 from .participants import observers, practitioner
-from .references import patient_reference, service_request_reference, study_instance_uid
+from .references import is_valid_uid, patient_reference, service_request_reference, study_instance_uid
 from .sop_classes import SR_STORAGE_SOP_CLASSES
 
 __all__ = ["MappingResult", "map_sr"]
@@ -56,6 +56,8 @@ def _map(ds: Dataset, options: MappingOptions) -> MappingResult:
     sop_instance_uid = text(ds, "SOPInstanceUID")
     if not sop_instance_uid:
         raise InvalidValue("no SOP Instance UID (0008,0018)")
+    if not is_valid_uid(sop_instance_uid):
+        raise InvalidValue("SOP Instance UID (0008,0018) is not a valid UID")
     if "ContentSequence" not in ds:
         raise MissingContentItem("the SR has no content (Content Sequence (0040,A730) is absent or empty)")
     skipped: list[Skipped] = []
@@ -145,6 +147,8 @@ def _sop_class(ds: Dataset) -> str:
     if not sop_class_uid:
         raise NotAnSR("no SOP Class UID (0008,0016): not a DICOM composite instance")
     if sop_class_uid not in SR_STORAGE_SOP_CLASSES:
+        if not is_valid_uid(sop_class_uid):  # never echo an unchecked value: it may hold PHI
+            raise NotAnSR("SOP Class UID (0008,0016) is not a valid UID: not a readable DICOM instance")
         name = UID(sop_class_uid).name
         label = f"{name} ({sop_class_uid})" if name != sop_class_uid else sop_class_uid
         raise NotAnSR(f"SOP Class {label} is not a Structured Report storage class")

@@ -16,7 +16,7 @@ from typing import TextIO
 
 import pydicom
 from pydicom.dataelem import RawDataElement
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from mapping import MappingError, MappingOptions, MappingResult, map_sr, serialize
 
@@ -24,7 +24,8 @@ __all__ = ["ConvertError", "Converted", "read_sr", "convert_file", "run_convert"
 
 # What pydicom raises on files that are not DICOM, truncated, or malformed.
 _READ_ERRORS = (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError,
-                IndexError, AttributeError, OverflowError, NotImplementedError, struct.error)
+                IndexError, AttributeError, OverflowError, NotImplementedError, struct.error,
+                BytesLengthException)
 
 
 UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -85,14 +86,16 @@ def run_convert(
     output: Path | None = None,
     output_dir: Path | None = None,
     indent: int | None = 2,
-    stdout: TextIO = sys.stdout,
-    stderr: TextIO = sys.stderr,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
 ) -> int:
     """Convert every input; return the exit status (0 all converted, 1 any failed).
 
     Output: ``output_dir/<SOP Instance UID>.json`` per input; or one file; or stdout (one
     Bundle, or one compact Bundle per line when there are several inputs).
     """
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
     failed = 0
     several = len(inputs) > 1
     for path in inputs:

@@ -99,10 +99,15 @@ def test_conditional_mode_posts_with_if_none_exist_on_an_identifier():
         "identifier=urn:dicom:uid|urn:oid:" + sr.uid("tracking:Lesion 1"))
 
 
-def test_conditional_mode_keys_match_put_ids():
+def test_conditional_mode_keys_match_put_ids_and_full_urls_differ_from_identifier_values():
     put = map_sr(rich_report()).bundle
     conditional = map_sr(rich_report(), MappingOptions(write_mode="conditional")).bundle
-    assert [e["fullUrl"] for e in put["entry"]] == [e["fullUrl"] for e in conditional["entry"]]
+    keys = [e["request"]["ifNoneExist"].split("|", 1)[1] for e in conditional["entry"]]
+    put_keys = [e["fullUrl"] for e in put["entry"]]
+    natural = {i: k for i, k in enumerate(keys) if not k.startswith("urn:uuid:")}
+    assert [k for i, k in enumerate(keys) if i not in natural] == [k for i, k in enumerate(put_keys) if i not in natural]
+    full_urls = {e["fullUrl"] for e in conditional["entry"]}
+    assert full_urls.isdisjoint(keys)  # a server rewriting fullUrl strings must not touch the keys
 
 
 @pytest.mark.parametrize("write_mode", ["put", "conditional"])
