@@ -11,9 +11,15 @@ from pydantic import ValidationError
 
 from mapping import MappingOptions
 
+from .config import ConfigError, Settings, load_settings
 from .convert import run_convert
+from .daemon import serve
+from .logs import configure_logging
+from .spool_commands import run_spool_command
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "DEFAULT_CONFIG"]
+
+DEFAULT_CONFIG = "config.yaml"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +45,27 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--timezone", default="UTC", metavar="TZ",
                          help="IANA time zone for DICOM times without an offset (default: UTC)")
     convert.add_argument("--compact", action="store_true", help="no indentation in the JSON")
+
+    serve = commands.add_parser(
+        "serve", help="run the daemon: C-STORE SCP -> spool -> FHIR server (or outbox)",
+        description="Receive SRs over DICOM, spool them durably, map and deliver them. "
+        "Without fhir.base_url the Bundles go to fhir.outbox_directory.",
+    )
+    _config_argument(serve)
+
+    spool = commands.add_parser("spool", help="inspect the spool and re-queue dead letters")
+    spool_commands = spool.add_subparsers(dest="spool_command", required=True, metavar="ACTION")
+    for name, text in (("status", "backlog and dead-letter counts"), ("failed", "list dead letters with their reason")):
+        _config_argument(spool_commands.add_parser(name, help=text))
+    retry = spool_commands.add_parser("retry", help="re-queue dead letters (all, or the IDs given)")
+    retry.add_argument("ids", nargs="*", metavar="ID", help="dead-letter ids from `sr2fhir spool failed`")
+    _config_argument(retry)
     return parser
+
+
+def _config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", type=Path, default=None, metavar="FILE",
+                        help=f"configuration file (default: ./{DEFAULT_CONFIG} when it exists, else built-in defaults)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,8 +74,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "convert":
         return _convert(parser, args)
-    parser.error(f"unknown command {args.command!r}")
-    return 2
+    try:
+        config_path, settings = _settings(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"sr2fhir: error: {problem}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        configure_logging(settings.log)
+        return serve(settings, config_path)
+    return run_spool_command(args.spool_command, settings, getattr(args, "ids", None))
+
+
+def _settings(path: Path | None) -> tuple[Path | None, Settings]:
+    """The explicit file, else ./config.yaml when present, else the built-in defaults."""
+    if path is None and Path(DEFAULT_CONFIG).is_file():
+        path = Path(DEFAULT_CONFIG)
+    return (path.resolve() if path is not None else None), load_settings(path)
 
 
 def _convert(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

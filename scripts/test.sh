@@ -5,4 +5,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh test
+
+# System packages the integration tests use: dcmtk (storescu, a real DICOM sender) and
+# Node.js + npm (the loopback FHIR server under tests/fhir_server).
+missing=()
+command -v storescu >/dev/null || missing+=(dcmtk)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "scripts/test.sh: please install: ${missing[*]} (Debian/Ubuntu: sudo apt-get install ${missing[*]})" >&2
+        exit 1
+    fi
+fi
 exec .venv/bin/python -m pytest "$@"

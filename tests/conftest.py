@@ -18,3 +18,6 @@ def conformant(tmp_path: Path) -> Callable[..., None]:
         assert_conformant(bundles, tmp_path)
 
     return check
+
+# One loopback FHIR server (Medplum-based, tests/fhir_server) shared by every module that asks.
+pytest_plugins = ["tests.fhir_server.fixtures"]

@@ -1,0 +1,157 @@
+"""Ingest speed: dcmtk ``storescu`` pushing small SRs at three receivers, in one run.
+
+Run from the repository root: ``.venv/bin/python bench/ingest_bench.py [--count 2000]``.
+Receivers, each on 127.0.0.1 and a fresh port:
+
+(a) a bare pynetdicom SCP whose C-STORE handler does nothing (the baseline: the most any
+    pynetdicom-based receiver can do);
+(b) dcmtk ``storescp`` writing files (``--fork`` for parallel associations);
+(c) ``sr2fhir serve`` with a local outbox: every instance made durable (one fdatasync)
+    before the C-STORE is answered, the worker process mapping and writing Bundles meanwhile.
+
+For 1 and for 4 parallel associations it prints instances/s and the ratio c/a
+(target >= 0.8 on one association).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests import sr_builders as sr  # noqa: E402
+from tests.daemon_process import DaemonProcess, write_config  # noqa: E402
+
+BARE_SCP = """
+import socket, sys
+from pynetdicom import AE, evt
+from mapping import SR_STORAGE_SOP_CLASSES
+from scp.listener import TRANSFER_SYNTAXES
+def nodelay(event):
+    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+ae = AE(ae_title="BARE")
+ae.maximum_associations = 16
+for uid in sorted(SR_STORAGE_SOP_CLASSES):
+    ae.add_supported_context(uid, TRANSFER_SYNTAXES)
+server = ae.start_server(("127.0.0.1", 0), block=False,
+                         evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000), (evt.EVT_CONN_OPEN, nodelay)])
+print(server.server_address[1], flush=True)
+sys.stdin.read()
+server.shutdown()
+"""
+
+
+def write_reports(directory: Path, count: int) -> list[Path]:
+    """``count`` small TID 1500 SR files, each with its own SOP Instance UID."""
+    template = sr.measurement_report([sr.measurement_group(
+        "1410", finding_site=sr.finding_site_item(sr.LUNG),
+        items=[sr.scoord_item("POLYLINE", [1, 2, 3, 4, 5, 6], sr.source_image(sr.CT_IMAGE_STORAGE, sr.uid("ct:1")))],
+        measurements=[sr.num_item(sr.LENGTH, 12.5, sr.MM), sr.num_item(sr.AREA, 99.0, sr.MM2)])])
+    paths = []
+    for index in range(count):
+        template.SOPInstanceUID = sr.uid(f"ingest:{index}")
+        template.file_meta.MediaStorageSOPInstanceUID = template.SOPInstanceUID
+        path = directory / f"sr{index:05d}.dcm"
+        path.write_bytes(sr.to_part10_bytes(template))
+        paths.append(path)
+    return paths
+
+
+def push(port: int, called: str, files: list[Path], associations: int) -> float:
+    """Wall time for ``associations`` parallel storescu processes to send all ``files``."""
+    chunks = [files[i::associations] for i in range(associations)]
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    start = time.perf_counter()
+    procs = [subprocess.Popen(["storescu", "-R", "-aec", called, "127.0.0.1", str(port), *map(str, chunk)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for chunk in chunks]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"storescu failed: {err.decode(errors='replace')[-500:]}")
+    return time.perf_counter() - start
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def measure_bare(files: list[Path], associations: int) -> float:
+    proc = subprocess.Popen([sys.executable, "-c", BARE_SCP], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        return push(port, "BARE", files, associations)
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
+def measure_storescp(files: list[Path], associations: int, out: Path) -> float:
+    port = free_port()
+    out.mkdir(exist_ok=True)
+    proc = subprocess.Popen(["storescp", "--fork", "-od", str(out), str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):  # storescp prints nothing when ready: try to connect, bounded
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        return push(port, "STORESCP", files, associations)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def measure_sr2fhir(files: list[Path], associations: int, work: Path) -> tuple[float, float]:
+    """(ingest seconds, seconds until the last Bundle was in the outbox)."""
+    work.mkdir()
+    daemon = DaemonProcess(write_config(work, forwarder={"poll_interval_s": 0.05}))  # info level, as deployed
+    daemon.start()
+    try:
+        start = time.perf_counter()
+        seconds = push(daemon.port, "SR2FHIR", files, associations)
+        outbox = work / "outbox"
+        while len(list(outbox.iterdir())) < len(files) and time.perf_counter() - start < 600:
+            time.sleep(0.2)
+        drained = time.perf_counter() - start
+        assert len(list(outbox.iterdir())) == len(files), "not every SR reached the outbox"
+        return seconds, drained
+    finally:
+        daemon.terminate(timeout_s=60)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=2000, help="SRs per run (default 2000)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        (tmp_path / "in").mkdir()
+        files = write_reports(tmp_path / "in", args.count)
+        print(f"{args.count} SRs of {files[0].stat().st_size} bytes; storescu with TCP_NODELAY=1; "
+              f"{os.cpu_count()} CPUs")
+        for associations in (1, 4):
+            bare = measure_bare(files, associations)
+            dcmtk = measure_storescp(files, associations, tmp_path / f"storescp{associations}")
+            ours, drained = measure_sr2fhir(files, associations, tmp_path / f"sr2fhir{associations}")
+            print(f"\n{associations} association(s):")
+            print(f"  (a) bare pynetdicom SCP   {args.count / bare:8.1f} SR/s")
+            print(f"  (b) dcmtk storescp        {args.count / dcmtk:8.1f} SR/s")
+            print(f"  (c) sr2fhir serve         {args.count / ours:8.1f} SR/s acknowledged (durable); "
+                  f"all {args.count} in the outbox after {drained:.1f} s ({args.count / drained:.1f} SR/s end to end)")
+            print(f"  ratio c/a = {bare / ours:.2f}   (target >= 0.8 on one association)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

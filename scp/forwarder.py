@@ -1,0 +1,247 @@
+"""The forwarder: take spooled SRs oldest first, map them, deliver them, settle them.
+
+Runs in the worker process (``scp.worker``), never in the listener's interpreter. Each item
+ends in exactly one place: delivered (``mark_delivered``), dead-lettered with its reason
+(``dead_letter``), or still pending (a shutdown interrupted it; it is picked up again on the
+next start). Delivery is idempotent (deterministic ids), so an item delivered twice after a
+crash changes nothing on the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from io import BytesIO
+from pathlib import Path
+from typing import Any, Protocol
+
+import pydicom
+import structlog
+from structlog.contextvars import bound_contextvars
+
+from fhir_client import FhirClient, Outcome, SendResult
+from mapping import MappingError, MappingOptions, map_sr, serialize
+
+from .spool import SpoolConsumer, SpoolItem
+
+__all__ = ["Delivery", "OutboxDelivery", "FhirDelivery", "ForwarderStats", "run_forwarder", "process_item"]
+
+log = structlog.get_logger()
+
+DEFERRED_RETRY_S = 30.0
+"""How long an item whose delivery could not even be attempted (e.g. outbox disk full) waits."""
+
+
+class Delivery(Protocol):
+    """Where Bundles go: a FHIR server, or the outbox folder."""
+
+    async def deliver(self, bundle: dict[str, Any], sop_instance_uid: str) -> SendResult: ...
+
+
+class OutboxDelivery:
+    """Embedded default without a FHIR server: each Bundle as ``<SOP Instance UID>.json``.
+
+    Written atomically and durably (temp file, fsync, rename, fsync of the directory), so a
+    crash never leaves a half Bundle under the final name.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    async def deliver(self, bundle: dict[str, Any], sop_instance_uid: str) -> SendResult:
+        start = time.monotonic()
+        target = self.directory / f"{sop_instance_uid}.json"
+        data = serialize(bundle, indent=2) + b"\n"
+        fd, temp = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, target)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return SendResult(Outcome.DELIVERED, None, None, f"written to {target}", 1, time.monotonic() - start)
+
+
+class FhirDelivery:
+    """Deliver with :class:`fhir_client.FhirClient` (retries, Retry-After, auth).
+
+    With ``reference_mode="resolve"``, logical references (``type`` + ``identifier``: Patient,
+    ImagingStudy, ServiceRequest) become literal ones when the server holds exactly one
+    match; the client caches the look-ups. This happens before the first attempt, so every
+    retry sends the same bytes.
+    """
+
+    def __init__(self, client: FhirClient, reference_mode: str = "logical") -> None:
+        self.client = client
+        self.reference_mode = reference_mode
+
+    async def deliver(self, bundle: dict[str, Any], sop_instance_uid: str) -> SendResult:
+        if self.reference_mode == "resolve":
+            await resolve_logical_references(bundle, self.client)
+        return await self.client.send(bundle)
+
+
+async def resolve_logical_references(bundle: dict[str, Any], client: FhirClient) -> None:
+    """Add ``reference: Type/id`` to every logical reference the server can resolve uniquely."""
+    resolved: dict[tuple[str, str | None, str], str | None] = {}
+    for reference in _logical_references(bundle):
+        identifier = reference["identifier"]
+        key = (reference["type"], identifier.get("system"), identifier["value"])
+        if key not in resolved:
+            try:
+                resolved[key] = await client.resolve_reference(*key)
+            except Exception as exc:  # noqa: BLE001 - lookup failed: keep the logical reference
+                log.warning("reference_not_resolved", resource_type=key[0], reason=f"{type(exc).__name__}: {exc}")
+                resolved[key] = None
+        if resolved[key] is not None:
+            reference["reference"] = resolved[key]
+
+
+def _logical_references(value: Any):
+    if isinstance(value, dict):
+        if "reference" not in value and isinstance(value.get("type"), str) and isinstance(value.get("identifier"), dict) \
+                and "value" in value["identifier"]:
+            yield value
+            return
+        for child in value.values():
+            yield from _logical_references(child)
+    elif isinstance(value, list):
+        for child in value:
+            yield from _logical_references(child)
+
+
+@dataclass(slots=True)
+class ForwarderStats:
+    """Counters of one forwarder run (for logs, health and tests)."""
+
+    delivered: int = 0
+    failed: int = 0
+    deferred: int = 0
+
+
+async def process_item(
+    item: SpoolItem,
+    consumer: SpoolConsumer,
+    delivery: Delivery,
+    options: MappingOptions,
+    stop: asyncio.Event,
+    stats: ForwarderStats,
+) -> None:
+    """Map and deliver one spooled item and settle it; never raises for bad input."""
+    with bound_contextvars(sop_instance_uid=item.sop_instance_uid, spool_id=item.id):
+        start = time.monotonic()
+        try:
+            result = map_sr(pydicom.dcmread(BytesIO(item.read())), options)
+        except MappingError as exc:
+            _dead_letter(consumer, item, stats, reason=f"mapping failed: {exc}")
+            return
+        except Exception as exc:  # noqa: BLE001 - the per-item boundary: dead-letter, go on
+            _dead_letter(consumer, item, stats, reason=f"unreadable SR: {type(exc).__name__}: {str(exc)[:300]}")
+            return
+        for note in result.skipped:
+            log.info("mapping_item_skipped", content_path=note.path, concept=note.concept, reason=note.reason)
+        try:
+            sent = await delivery.deliver(result.bundle, item.sop_instance_uid)
+        except Exception as exc:  # noqa: BLE001 - e.g. outbox disk full: keep it pending
+            log.error("bundle_deferred", reason=f"{type(exc).__name__}: {exc}")
+            stats.deferred += 1
+            return
+        duration_ms = round((time.monotonic() - start) * 1000, 1)
+        if sent.outcome is Outcome.DELIVERED:
+            consumer.mark_delivered(item)
+            stats.delivered += 1
+            log.info("bundle_delivered", attempts=sent.attempts, status_code=sent.status_code,
+                     resources=len(result.bundle["entry"]), duration_ms=duration_ms)
+        elif sent.outcome is Outcome.REJECTED:
+            _dead_letter(consumer, item, stats, reason=f"rejected by the FHIR server: {sent.diagnostics}", sent=sent)
+        elif stop.is_set():
+            stats.deferred += 1  # interrupted by shutdown: stays pending for the next start
+            log.info("bundle_deferred", attempts=sent.attempts, reason="shutdown")
+        else:
+            _dead_letter(consumer, item, stats, reason=f"retries exhausted: {sent.diagnostics}", sent=sent)
+
+
+def _dead_letter(consumer: SpoolConsumer, item: SpoolItem, stats: ForwarderStats, *, reason: str,
+                 sent: SendResult | None = None) -> None:
+    sidecar = {
+        "reason": reason,
+        "sop_instance_uid": item.sop_instance_uid,
+        "sop_class_uid": item.sop_class_uid,
+        "calling_ae": item.calling_ae,
+        "received_at": item.received_at,
+        "failed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "http_status": sent.status_code if sent else None,
+        "operation_outcome": sent.operation_outcome if sent else None,
+        "attempts": sent.attempts if sent else 0,
+    }
+    consumer.dead_letter(item, sidecar)
+    stats.failed += 1
+    log.warning("bundle_rejected", reason=reason, status_code=sidecar["http_status"], attempts=sidecar["attempts"])
+
+
+async def run_forwarder(
+    consumer: SpoolConsumer,
+    delivery: Delivery,
+    options: MappingOptions,
+    stop: asyncio.Event,
+    *,
+    concurrency: int = 4,
+    poll_interval_s: float = 0.2,
+    batch_size: int = 32,
+    on_idle: Callable[[], Awaitable[None]] | None = None,
+) -> ForwarderStats:
+    """Forward until ``stop`` is set; in-flight items finish (or stay pending) before return."""
+    stats = ForwarderStats()
+    slots = asyncio.Semaphore(concurrency)
+    in_flight: dict[str, asyncio.Task[None]] = {}
+    not_before: dict[str, float] = {}  # deferred items wait before their next try
+
+    async def run(item: SpoolItem) -> None:
+        deferred = stats.deferred
+        try:
+            await process_item(item, consumer, delivery, options, stop, stats)
+        finally:
+            if stats.deferred > deferred:
+                not_before[item.id] = time.monotonic() + DEFERRED_RETRY_S
+            else:
+                not_before.pop(item.id, None)
+            in_flight.pop(item.id, None)
+            slots.release()
+
+    while not stop.is_set():
+        consumer.ingest_requeued()
+        now = time.monotonic()
+        fresh = [i for i in consumer.pending(batch_size + len(in_flight) + len(not_before))
+                 if i.id not in in_flight and not_before.get(i.id, 0.0) <= now]
+        for item in fresh[:batch_size]:
+            await slots.acquire()
+            if stop.is_set():
+                slots.release()
+                break
+            in_flight[item.id] = asyncio.create_task(run(item))
+        if not fresh:
+            if on_idle is not None and not in_flight:
+                await on_idle()
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=poll_interval_s)
+            except TimeoutError:
+                pass
+        elif len(in_flight) >= concurrency:
+            await asyncio.wait(list(in_flight.values()), return_when=asyncio.FIRST_COMPLETED)
+    if in_flight:
+        await asyncio.gather(*in_flight.values(), return_exceptions=True)
+    return stats

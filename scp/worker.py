@@ -1,0 +1,104 @@
+"""The worker process: runs the forwarder off the listener's interpreter.
+
+Started by the daemon as ``python -m scp.worker [--config FILE]``. It dies with its parent
+(PR_SET_PDEATHSIG), holds the spool's consumer lock (so two workers never deliver the same
+item), and stops cleanly on SIGTERM/SIGINT: in-flight deliveries finish or stay pending.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from fhir_client import FhirClient
+
+from .config import ConfigError, Settings, load_settings
+from .forwarder import FhirDelivery, OutboxDelivery, run_forwarder
+from .logs import configure_logging
+from .spool import Spool, SpoolLockedError
+
+__all__ = ["main", "PARENT_PID_ENV"]
+
+log = structlog.get_logger()
+
+PARENT_PID_ENV = "SR2FHIR_PARENT_PID"
+_PR_SET_PDEATHSIG = 1
+EXIT_LOCKED = 3
+WORKER_NICENESS = 10
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when its parent dies; exit now if it already has."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: fall back to the parent-pid check below
+        pass
+    expected = os.environ.get(PARENT_PID_ENV)
+    if expected and os.getppid() != int(expected):
+        sys.exit(0)  # the parent died before prctl took effect
+
+
+async def forward(settings: Settings) -> int:
+    """Open the spool's consumer side and forward until SIGTERM/SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    spool = Spool(settings.spool.directory, segment_max_bytes=int(settings.spool.segment_max_bytes),
+                  retention=settings.spool.retention)
+    consumer = spool.consumer()
+    try:
+        consumer.open()
+    except SpoolLockedError as exc:
+        log.error("worker_not_started", reason=str(exc))
+        return EXIT_LOCKED
+    try:
+        forwarder: dict[str, Any] = {
+            "concurrency": settings.forwarder.concurrency,
+            "poll_interval_s": settings.forwarder.poll_interval_s,
+            "batch_size": settings.forwarder.batch_size,
+        }
+        if settings.fhir.base_url is None:
+            log.info("worker_started", target="outbox", outbox_directory=str(settings.fhir.outbox_directory))
+            stats = await run_forwarder(consumer, OutboxDelivery(settings.fhir.outbox_directory), settings.mapping,
+                                        stop, **forwarder)
+        else:
+            log.info("worker_started", target="fhir", base_url=str(settings.fhir.base_url))
+            async with FhirClient(settings.fhir, shutdown=stop) as client:
+                stats = await run_forwarder(consumer, FhirDelivery(client, settings.fhir.reference_mode),
+                                            settings.mapping, stop, **forwarder)
+        log.info("worker_stopped", delivered=stats.delivered, failed=stats.failed, deferred=stats.deferred)
+    finally:
+        consumer.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the worker process."""
+    die_with_parent()
+    # Receiving comes first: the C-STORE latency is what senders wait on, delivery can lag.
+    os.nice(WORKER_NICENESS)
+    parser = argparse.ArgumentParser(prog="sr2fhir-worker")
+    parser.add_argument("--config", type=Path, default=None)
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"sr2fhir worker: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log)
+    return asyncio.run(forward(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
