@@ -27,7 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests import sr_builders as sr  # noqa: E402
-from tests.daemon_process import DaemonProcess, write_config  # noqa: E402
+from bench.harness import QuietDaemon  # noqa: E402
+from tests.daemon_process import write_config  # noqa: E402
 
 BARE_SCP = """
 import socket, sys
@@ -97,7 +98,7 @@ def measure_bare(files: list[Path], associations: int) -> float:
 def measure_storescp(files: list[Path], associations: int, out: Path) -> float:
     port = free_port()
     out.mkdir(exist_ok=True)
-    proc = subprocess.Popen(["storescp", "--fork", "-od", str(out), str(port)],
+    proc = subprocess.Popen(["storescp", "--fork", "-od", str(out), str(port)], env={**os.environ, "TCP_NODELAY": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):  # storescp prints nothing when ready: try to connect, bounded
@@ -115,19 +116,16 @@ def measure_storescp(files: list[Path], associations: int, out: Path) -> float:
 def measure_sr2fhir(files: list[Path], associations: int, work: Path) -> tuple[float, float]:
     """(ingest seconds, seconds until the last Bundle was in the outbox)."""
     work.mkdir()
-    daemon = DaemonProcess(write_config(work, forwarder={"poll_interval_s": 0.05}))  # info level, as deployed
-    daemon.start()
+    daemon = QuietDaemon(write_config(work, forwarder={"poll_interval_s": 0.05})).start()  # info logs, as deployed
     try:
         start = time.perf_counter()
         seconds = push(daemon.port, "SR2FHIR", files, associations)
-        outbox = work / "outbox"
-        while len(list(outbox.iterdir())) < len(files) and time.perf_counter() - start < 600:
-            time.sleep(0.2)
+        daemon.wait_events("bundle_delivered", len(files), timeout_s=600, poll_s=0.2)
         drained = time.perf_counter() - start
-        assert len(list(outbox.iterdir())) == len(files), "not every SR reached the outbox"
+        assert len(list((work / "outbox").iterdir())) == len(files), "not every SR reached the outbox"
         return seconds, drained
     finally:
-        daemon.terminate(timeout_s=60)
+        daemon.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

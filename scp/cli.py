@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from mapping import MappingOptions
 
+from .check_config import check_config
 from .config import ConfigError, Settings, load_settings
 from .convert import run_convert
 from .daemon import serve
@@ -53,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_argument(serve)
 
+    check = commands.add_parser(
+        "check-config", help="validate the configuration and test the port, spool and FHIR server",
+        description="Exit status: 0 all good; 2 invalid configuration; otherwise the sum of 4 (DICOM port), "
+        "8 (spool/outbox directory), 16 (FHIR server), 32 (OAuth2 token endpoint).",
+    )
+    _config_argument(check)
+
     spool = commands.add_parser("spool", help="inspect the spool and re-queue dead letters")
     spool_commands = spool.add_subparsers(dest="spool_command", required=True, metavar="ACTION")
     for name, text in (("status", "backlog and dead-letter counts"), ("failed", "list dead letters with their reason")):
@@ -83,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         configure_logging(settings.log)
         return serve(settings, config_path)
+    if args.command == "check-config":
+        return check_config(settings, str(config_path) if config_path else "built-in defaults")
     return run_spool_command(args.spool_command, settings, getattr(args, "ids", None))
 
 

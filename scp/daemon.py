@@ -83,7 +83,7 @@ def serve(settings: Settings, config_path: Path | None) -> int:
             max_associations=dicom.max_associations, allowed_calling_ae_titles=dicom.allowed_calling_ae_titles,
             require_called_ae_title=dicom.require_called_ae_title, acse_timeout_s=dicom.acse_timeout_s,
             dimse_timeout_s=dicom.dimse_timeout_s, network_timeout_s=dicom.network_timeout_s,
-            maximum_pdu_size=dicom.max_pdu_size,
+            maximum_pdu_size=dicom.max_pdu_size, tcp_nodelay=dicom.tcp_nodelay,
         )
     except OSError as exc:
         writer.close()

@@ -177,6 +177,7 @@ def start_listener(
     dimse_timeout_s: float = 30,
     network_timeout_s: float = 60,
     maximum_pdu_size: int = 0,
+    tcp_nodelay: bool = True,
 ) -> Listener:
     """Bind the SCP and serve in background threads; returns once the port is bound."""
     ae = AE(ae_title=ae_title)
@@ -193,5 +194,8 @@ def start_listener(
         ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
     listener = Listener(ae)
-    listener._serve(host, port, [(evt.EVT_C_STORE, handle_store, [writer, policy]), (evt.EVT_CONN_OPEN, _set_tcp_nodelay)])
+    handlers: list = [(evt.EVT_C_STORE, handle_store, [writer, policy])]
+    if tcp_nodelay:
+        handlers.append((evt.EVT_CONN_OPEN, _set_tcp_nodelay))
+    listener._serve(host, port, handlers)
     return listener

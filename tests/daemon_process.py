@@ -57,8 +57,12 @@ class DaemonProcess:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
-        started = self.wait_for("listener_started", timeout_s=timeout_s)
-        self.wait_for("worker_started", timeout_s=timeout_s)
+        try:
+            started = self.wait_for("listener_started", timeout_s=timeout_s)
+            self.wait_for("worker_started", timeout_s=timeout_s)
+        except BaseException:
+            self.__exit__(None, None, None)  # never leave a half-started daemon behind
+            raise
         self.port = int(started["port"])
         return self
 

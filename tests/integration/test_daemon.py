@@ -191,3 +191,20 @@ def test_unmappable_sr_is_dead_lettered_listed_and_requeued(tmp_path, capsys):
     assert sidecar["sop_instance_uid"] == not_tid1500.SOPInstanceUID
     assert sidecar["reason"].startswith("mapping failed: 1: document title (LN,18748-4)")
     assert Path(sidecars[0]).with_suffix(".dcm").exists()
+
+
+def test_free_space_below_the_reserve_is_refused_with_a700(tmp_path):
+    config = write_config(tmp_path, spool={"min_free_bytes": "1000 TiB"})
+    with DaemonProcess(config) as daemon:
+        ds = report("no-room")
+        assert send(daemon.port, ds) == [0xA700]
+        refused = daemon.wait_for("sr_refused")
+        assert refused["status"] == 0xA700 and "min_free_bytes" in refused["reason"]
+    assert not (tmp_path / "outbox").exists() or not any((tmp_path / "outbox").iterdir())
+
+
+def test_the_same_sop_instance_received_twice_is_delivered_idempotently(daemon, tmp_path):
+    ds = report("twice")
+    assert send(daemon.port, ds, ds) == [0x0000, 0x0000]
+    delivered(daemon, ds.SOPInstanceUID)
+    assert [p.name for p in (tmp_path / "outbox").iterdir()] == [f"{ds.SOPInstanceUID}.json"]

@@ -106,3 +106,24 @@ def test_a_rejected_resource_type_is_dead_lettered_and_redelivered_after_retry(f
             delivered = daemon.wait_for("bundle_delivered", lambda e: e["sop_instance_uid"] == ds.SOPInstanceUID)
             assert delivered["status_code"] == 200
     assert fhir_server.search("BodyStructure", {"identifier": f"urn:dicom:uid|urn:oid:{sr.uid('tracking:rejected')}"})
+
+
+def test_resolve_mode_turns_identifier_references_into_literal_ones(fresh_fhir_server, tmp_path):
+    server = fresh_fhir_server
+    import httpx
+
+    patient = {"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.3.4", "value": "PID-1"}]}
+    created = httpx.post(f"{server.base_url}/Patient", json=patient, headers={"Content-Type": "application/fhir+json"})
+    assert created.status_code == 201
+    patient_id = created.json()["id"]
+    ds = report("resolved")
+    with DaemonProcess(fhir_config(tmp_path, server.base_url, reference_mode="resolve")) as daemon:
+        assert send(daemon.port, ds) == [0x0000]
+        daemon.wait_for("bundle_delivered")
+    group_id = next(e["resource"]["id"] for e in map_sr(ds).bundle["entry"]
+                    if e["resource"].get("meta", {}).get("profile", [""])[0].endswith("imaging-measurement-group"))
+    stored = server.get("Observation", group_id)
+    assert stored["subject"]["reference"] == f"Patient/{patient_id}"
+    assert stored["subject"]["identifier"]["value"] == "PID-1"
+    # No ImagingStudy exists on the server: that reference stays logical.
+    assert "reference" not in stored["partOf"][0]
