@@ -203,8 +203,13 @@ async def run_forwarder(
     poll_interval_s: float = 0.2,
     batch_size: int = 32,
     on_idle: Callable[[], Awaitable[None]] | None = None,
+    on_tick: Callable[[], None] | None = None,
 ) -> ForwarderStats:
-    """Forward until ``stop`` is set; in-flight items finish (or stay pending) before return."""
+    """Forward until ``stop`` is set; in-flight items finish (or stay pending) before return.
+
+    ``on_tick`` runs once per loop turn (at least every ``poll_interval_s`` while idle, and
+    whenever a slot frees up): the worker's heartbeat.
+    """
     stats = ForwarderStats()
     slots = asyncio.Semaphore(concurrency)
     in_flight: dict[str, asyncio.Task[None]] = {}
@@ -223,6 +228,8 @@ async def run_forwarder(
             slots.release()
 
     while not stop.is_set():
+        if on_tick is not None:
+            on_tick()
         consumer.ingest_requeued()
         now = time.monotonic()
         fresh = [i for i in consumer.pending(batch_size + len(in_flight) + len(not_before))

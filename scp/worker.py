@@ -13,6 +13,7 @@ import ctypes
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from .forwarder import FhirDelivery, OutboxDelivery, run_forwarder
 from .logs import configure_logging
 from .spool import Spool, SpoolLockedError
 
-__all__ = ["main", "PARENT_PID_ENV"]
+__all__ = ["main", "PARENT_PID_ENV", "Heartbeat", "heartbeat_path"]
 
 log = structlog.get_logger()
 
@@ -34,6 +35,29 @@ PARENT_PID_ENV = "SR2FHIR_PARENT_PID"
 _PR_SET_PDEATHSIG = 1
 EXIT_LOCKED = 3
 WORKER_NICENESS = 10
+
+
+HEARTBEAT_FILE = "worker.heartbeat"
+
+
+def heartbeat_path(spool_directory: Path) -> Path:
+    """The file whose mtime says when the worker's forwarding loop last turned."""
+    return spool_directory / HEARTBEAT_FILE
+
+
+class Heartbeat:
+    """Touch the heartbeat file at most once a second (the daemon's watchdog reads its age)."""
+
+    def __init__(self, path: Path, min_interval_s: float = 1.0) -> None:
+        self.path = path
+        self.min_interval_s = min_interval_s
+        self._last = 0.0
+
+    def beat(self) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.min_interval_s:
+            self.path.touch()
+            self._last = now
 
 
 def die_with_parent() -> None:
@@ -67,6 +91,7 @@ async def forward(settings: Settings) -> int:
             "concurrency": settings.forwarder.concurrency,
             "poll_interval_s": settings.forwarder.poll_interval_s,
             "batch_size": settings.forwarder.batch_size,
+            "on_tick": Heartbeat(heartbeat_path(settings.spool.directory)).beat,
         }
         if settings.fhir.base_url is None:
             log.info("worker_started", target="outbox", outbox_directory=str(settings.fhir.outbox_directory))
