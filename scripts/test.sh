@@ -6,10 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh test
 
-# System packages the integration tests use: dcmtk (storescu, a real DICOM sender) and
-# Node.js + npm (the loopback FHIR server under tests/fhir_server).
+# System packages the integration tests use: dcmtk (storescu, a real DICOM sender), Orthanc
+# (a real PACS auto-forwarding to us) and Node.js + npm (the loopback FHIR server under
+# tests/fhir_server).
 missing=()
 command -v storescu >/dev/null || missing+=(dcmtk)
+command -v Orthanc >/dev/null || missing+=(orthanc)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 if [ "${#missing[@]}" -gt 0 ]; then
