@@ -35,14 +35,8 @@ def patient_reference(ds: Dataset) -> dict:
         raise MissingContentItem(
             "no Patient ID (0010,0020): the Observations could not be linked to a patient"
         )
-    identifier: dict[str, Any] = {}
-    system, assigner = _issuer(ds, "IssuerOfPatientIDQualifiersSequence", text(ds, "IssuerOfPatientID"))
-    if system:
-        identifier["system"] = system
-    identifier["value"] = patient_id
-    if assigner:
-        identifier["assigner"] = {"display": assigner}
-    return {"type": "Patient", "identifier": identifier}
+    issuer = _issuer(ds, "IssuerOfPatientIDQualifiersSequence", text(ds, "IssuerOfPatientID"))
+    return {"type": "Patient", "identifier": _identifier(patient_id, *issuer)}
 
 
 def imaging_study_reference(study_uid: str) -> dict:
@@ -62,14 +56,19 @@ def service_request_reference(ds: Dataset) -> dict | None:
     accession = text(ds, "AccessionNumber")
     if not accession:
         return None
-    identifier: dict[str, Any] = {"type": {"coding": [fixed.ACCESSION_ID]}}
-    system, assigner = _issuer(ds, "IssuerOfAccessionNumberSequence", None)
+    issuer = _issuer(ds, "IssuerOfAccessionNumberSequence", None)
+    identifier = _identifier(accession, *issuer, type_coding=fixed.ACCESSION_ID)
+    return {"type": "ServiceRequest", "identifier": identifier}
+
+
+def _identifier(value: str, system: str | None, assigner: str | None, *, type_coding: dict | None = None) -> dict:
+    identifier: dict[str, Any] = {"type": {"coding": [type_coding]}} if type_coding else {}
     if system:
         identifier["system"] = system
-    identifier["value"] = accession
+    identifier["value"] = value
     if assigner:
         identifier["assigner"] = {"display": assigner}
-    return {"type": "ServiceRequest", "identifier": identifier}
+    return identifier
 
 
 def study_instance_uid(ds: Dataset) -> str:
