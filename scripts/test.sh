@@ -11,7 +11,7 @@ scripts/bootstrap.sh test
 # tests/fhir_server).
 missing=()
 command -v storescu >/dev/null || missing+=(dcmtk)
-command -v Orthanc >/dev/null || missing+=(orthanc)
+{ command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ]; } || missing+=(orthanc)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 if [ "${#missing[@]}" -gt 0 ]; then
