@@ -11,7 +11,10 @@ On-disk layout under the spool directory (names are the constants below)::
 
     journal/<created_ns>-<pid>.seg   segments of records (header + DICOM bytes + CRC); each
                                      writer process appends to its own active segment and
-                                     holds flock(LOCK_EX) on it while it does
+                                     holds flock(LOCK_EX) on it while it does. The records
+                                     are followed by a zero tail: space preallocated by
+                                     writing zeros, PREALLOCATION_CHUNK_BYTES at a time,
+                                     never past segment_max_bytes (cut off on close)
     delivered.log                    one CRC-checked line per consumed item: id and outcome
                                      (delivered, superseded, failed)
     consumer.lock                    flock'ed by the one consumer; holds its pid
@@ -20,6 +23,16 @@ On-disk layout under the spool directory (names are the constants below)::
     done/<id>.dcm                    delivered items, only with retention "keep"
 
 An item id is ``<created_ns>-<pid>-<offset>``: segment and byte offset of its record.
+
+Preallocation: a writer that creates a segment writes zeros over its first chunk and
+fsyncs once; each record is then ``pwrite``-n into that space, so the fdatasync of a put
+has no file size or extent change to commit (an append has: it costs a journal commit
+more). Once less than half a chunk is left a background thread writes the next chunk of
+zeros and fsyncs it; puts keep writing before it meanwhile (a record that does not fit
+waits for it). A record that still does not fit, or every record while preallocation
+is failing (ENOSPC: the zeros written are cut off again and it is retried after
+PREALLOCATION_RETRY_SECONDS), grows the file like an append; only a record that cannot
+be written fails the put. So the file size says nothing about where the records end.
 
 Locks are BSD ``flock`` locks (:func:`fcntl.flock`). They belong to an open file, not to
 a process, so inside the forwarder process the consumer's own re-queue writer and its
@@ -30,9 +43,17 @@ must therefore live on a local file system.
 Recovery rules:
 
 1. A record exists only when complete with a matching CRC; reading a segment stops at
-   the first one that is not (a torn tail after a crash or a failed write: ignored).
-   ``put`` returns after the fdatasync that covers its record; ``journal/`` is fsynced
-   once per new segment. A writer never appends to another process's segment.
+   the first one that is not (a torn tail after a crash or a failed write: ignored),
+   and at a zero record prefix, which is the zero tail: the end, not damage. A torn
+   record inside the zero tail (its start written, then zeros) is a torn tail like any
+   other. Readers find records written later into the zero tail by scanning again from
+   where their valid records ended (never from the file size). ``put`` returns after
+   the fdatasync that covers its record (every record written before it is covered
+   too, so what follows a torn record was never acknowledged); ``journal/`` is fsynced
+   once per new segment. A failed write is undone (zeros again inside the preallocated
+   space, truncation past it); if that fails too the writer rolls to a new segment. A
+   writer never writes into another process's segment, so a crashed writer's zero tail
+   and torn record stay as they are until the segment is deleted.
 2. An item is consumed once ``delivered.log`` durably says so. A crash before that means
    it is delivered again, which the forwarder's idempotent PUTs make harmless.
 3. Same SOP Instance UID pending twice: the newest record (latest ``received_at``, then
@@ -47,8 +68,9 @@ Recovery rules:
    again), a duplicate record (rule 3 collapses it) or a lone ``requeue/<id>.json``
    (already re-queued; removed).
 6. Only the consumer deletes a segment, while holding its lock and after re-reading it
-   to the end and finding every record consumed; then ``delivered.log`` is rewritten
-   (temp, fsync, rename) without the lines of deleted segments.
+   to the end of its records and finding every record consumed, zero tail or not; then
+   ``delivered.log`` is rewritten (temp, fsync, rename) without the lines of deleted
+   segments. Only non-zero bytes after the records are logged as discarded.
 """
 
 from __future__ import annotations
@@ -78,6 +100,7 @@ from .spool_journal import (
     SegmentFile,
     encode_record,
     fsync_dir,
+    garbage_after,
     read_payload,
     scan_records,
     utc_now_iso,
@@ -85,6 +108,7 @@ from .spool_journal import (
 
 __all__ = [
     "DEFAULT_SEGMENT_MAX_BYTES",
+    "PREALLOCATION_CHUNK_BYTES",
     "FailedItem",
     "ItemId",
     "ItemOutcome",
@@ -117,6 +141,13 @@ TEMP_SUFFIX = ".tmp"
 SIDECAR_SPOOL_KEY = "spool"
 """Sidecar key under which the spool keeps the record fields a re-queue needs."""
 DEFAULT_SEGMENT_MAX_BYTES = 64 * 1024 * 1024
+PREALLOCATION_CHUNK_BYTES = 4 * 1024 * 1024
+"""A writer preallocates its segment this much at a time (zeros, then one fsync): when it
+creates the segment, and in a background thread once less than half of it is left.
+Never past ``segment_max_bytes``; 0 turns preallocation off (every record then grows the
+file). Read when a writer is made, so tests may monkeypatch it."""
+PREALLOCATION_RETRY_SECONDS = 5.0
+"""After a failed preallocation (ENOSPC, ...) a writer appends without for this long."""
 
 ItemId: TypeAlias = str
 ItemOutcome: TypeAlias = Literal["delivered", "superseded", "failed"]
@@ -291,17 +322,24 @@ class SpoolWriter:
 
     Thread-safe: the listener's association threads share one writer. Concurrent puts
     share fdatasyncs (group commit): one thread syncs, the others that appended before
-    the sync started wait for it instead of issuing their own.
+    the sync started wait for it instead of issuing their own. Records go into zeros
+    preallocated ahead of them (see the module docstring); a short-lived background
+    thread ("spool-preallocate") writes the next chunk of zeros while puts go on.
     """
 
-    def __init__(self, layout: _Layout, *, segment_max_bytes: int) -> None:
+    def __init__(
+        self, layout: _Layout, *, segment_max_bytes: int, preallocation_chunk_bytes: int | None = None
+    ) -> None:
         self._layout = layout
         self._segment_max_bytes = segment_max_bytes
+        self._chunk = PREALLOCATION_CHUNK_BYTES if preallocation_chunk_bytes is None else preallocation_chunk_bytes
         self._cond = threading.Condition()
         self._segment: SegmentFile | None = None
         self._syncing = False
         self._closed = False
         self._last_created_ns = 0
+        self._preallocate_after = 0.0
+        """time.monotonic() before which no preallocation is tried (after one failed)."""
 
     def __enter__(self) -> SpoolWriter:
         return self
@@ -324,6 +362,7 @@ class SpoolWriter:
                 offset = segment.append(record)
             except OSError as exc:
                 raise _spool_error(exc, f"cannot append to journal segment {segment.path.name}") from exc
+            self._extend_if_low(segment)
             item_id = _Layout.item_id(segment.path, offset)
             end = offset + len(record)
             while segment.synced_to < end and segment.sync_error is None and self._syncing:
@@ -356,9 +395,9 @@ class SpoolWriter:
         return stat.f_bavail * stat.f_frsize
 
     def close(self) -> None:
-        """Close the active segment (deleting it if empty); idempotent."""
+        """Close the active segment (deleting it if empty, else cutting off its zero tail); idempotent."""
         with self._cond:
-            while self._syncing:
+            while self._syncing or (self._segment is not None and self._segment.extending):
                 self._cond.wait()
             self._closed = True
             if self._segment is not None:
@@ -375,14 +414,21 @@ class SpoolWriter:
                 return segment
             full = segment.size > 0 and segment.size + record_length > self._segment_max_bytes
             if not (full or segment.broken or segment.sync_error is not None):
+                if segment.extending and segment.size + record_length > segment.allocated:
+                    self._cond.wait()  # never write where the preallocation is writing zeros
+                    continue
                 return segment
-            if self._syncing:  # let the running fdatasync finish before closing the file
+            if self._syncing or segment.extending:  # let them finish before closing the file
                 self._cond.wait()
                 continue
             self._retire(segment)
 
     def _retire(self, segment: SegmentFile) -> None:
-        """Sync what is not yet durable, close (lock held, no fdatasync running)."""
+        """Sync what is not yet durable, cut off the zero tail, close.
+
+        Lock held, no fdatasync and no preallocation running. The cut is not synced: if
+        it is lost in a crash the zero tail is back, which reads as the end of records.
+        """
         if segment.sync_error is None and segment.synced_to < segment.size:
             try:
                 segment.sync()
@@ -393,8 +439,58 @@ class SpoolWriter:
         if segment.size == 0 and not segment.broken:
             with contextlib.suppress(OSError):
                 segment.path.unlink()
+        else:
+            with contextlib.suppress(OSError):
+                segment.trim()
         segment.close()
         self._segment = None
+
+    def _preallocation_length(self, segment: SegmentFile) -> int:
+        """How much to preallocate at ``segment.allocated`` now (0: nothing). Lock held."""
+        if self._chunk <= 0 or segment.broken or segment.sync_error is not None:
+            return 0
+        if time.monotonic() < self._preallocate_after:
+            return 0
+        return max(0, min(self._chunk, self._segment_max_bytes - segment.allocated))
+
+    def _preallocation_failed(self, segment: SegmentFile, exc: OSError) -> None:
+        """Append without preallocating for a while (lock held)."""
+        self._preallocate_after = time.monotonic() + PREALLOCATION_RETRY_SECONDS
+        log.warning("spool_preallocation_failed", segment=segment.path.name, error=exc.strerror or str(exc))
+
+    def _extend_if_low(self, segment: SegmentFile) -> None:
+        """Start a background preallocation when less than half a chunk is left (lock held)."""
+        if segment.extending or segment.allocated - segment.size >= self._chunk // 2:
+            return
+        length = self._preallocation_length(segment)
+        if length <= 0:
+            return
+        segment.extending = True
+        thread = threading.Thread(
+            target=self._extend, args=(segment, segment.allocated, length), name="spool-preallocate", daemon=True
+        )
+        try:
+            thread.start()
+        except RuntimeError:  # no new threads (interpreter shutting down): append without
+            segment.extending = False
+
+    def _extend(self, segment: SegmentFile, start: int, length: int) -> None:
+        """Background thread: zeros at ``start`` while puts write before it."""
+        error: OSError | None = None
+        done = False
+        try:
+            segment.preallocate(start, length)
+            done = True
+        except OSError as exc:
+            error = exc
+        finally:
+            with self._cond:
+                segment.extending = False
+                if done:
+                    segment.allocated = max(segment.allocated, start + length)
+                elif error is not None:
+                    self._preallocation_failed(segment, error)
+                self._cond.notify_all()
 
     def _create_segment(self) -> SegmentFile:
         for _attempt in range(100):
@@ -416,7 +512,14 @@ class SpoolWriter:
                 with contextlib.suppress(OSError):
                     path.unlink()
                 raise _spool_error(exc, "cannot sync the journal directory") from exc
-            log.debug("spool_segment_created", segment=path.name)
+            length = self._preallocation_length(segment)
+            if length > 0:
+                try:
+                    segment.preallocate(0, length)
+                    segment.allocated = length
+                except OSError as exc:  # not fatal: records are appended instead
+                    self._preallocation_failed(segment, exc)
+            log.debug("spool_segment_created", segment=path.name, preallocated=segment.allocated)
             return segment
         raise SpoolError(f"cannot create a journal segment in {self._layout.journal}")
 
@@ -517,10 +620,18 @@ class SpoolConsumer:
     :meth:`open` and :meth:`close`. Methods may be called from several threads.
     """
 
-    def __init__(self, layout: _Layout, *, retention: Literal["delete", "keep"], segment_max_bytes: int) -> None:
+    def __init__(
+        self,
+        layout: _Layout,
+        *,
+        retention: Literal["delete", "keep"],
+        segment_max_bytes: int,
+        preallocation_chunk_bytes: int | None = None,
+    ) -> None:
         self._layout = layout
         self._retention = retention
         self._segment_max_bytes = segment_max_bytes
+        self._preallocation_chunk_bytes = preallocation_chunk_bytes
         self._lock = threading.RLock()
         self._lock_fd = -1
         self._log: DeliveredLog | None = None
@@ -654,7 +765,11 @@ class SpoolConsumer:
             new_ids: list[ItemId] = []
             if not entries:
                 return new_ids
-            writer = SpoolWriter(self._layout, segment_max_bytes=self._segment_max_bytes)
+            writer = SpoolWriter(
+                self._layout,
+                segment_max_bytes=self._segment_max_bytes,
+                preallocation_chunk_bytes=self._preallocation_chunk_bytes,
+            )
             try:
                 for old_id, suffixes in sorted(entries.items(), key=lambda entry: _id_key(entry[0])):
                     data_path = self._layout.requeue / f"{old_id}{DATA_SUFFIX}"
@@ -728,7 +843,7 @@ class SpoolConsumer:
             if self._done_unsynced:
                 fsync_dir(self._layout.done)
                 self._done_unsynced = False
-            discarded = os.fstat(fd).st_size - state.scanned_to
+            discarded = garbage_after(fd, state.scanned_to)  # a zero tail is not discarded data
             os.unlink(state.path)
             log.info("spool_segment_deleted", segment=state.path.name, discarded_tail_bytes=discarded)
             return True
@@ -754,14 +869,19 @@ class Spool:
         *,
         segment_max_bytes: int = DEFAULT_SEGMENT_MAX_BYTES,
         retention: Literal["delete", "keep"] = "delete",
+        preallocation_chunk_bytes: int | None = None,
     ) -> None:
+        """``preallocation_chunk_bytes``: see :data:`PREALLOCATION_CHUNK_BYTES` (``None``: that)."""
         if segment_max_bytes <= 0:
             raise ValueError("segment_max_bytes must be positive")
+        if preallocation_chunk_bytes is not None and preallocation_chunk_bytes < 0:
+            raise ValueError("preallocation_chunk_bytes must not be negative")
         if retention not in ("delete", "keep"):
             raise ValueError(f"retention must be 'delete' or 'keep', not {retention!r}")
         self._layout = _Layout(Path(directory))
         self._segment_max_bytes = segment_max_bytes
         self._retention = retention
+        self._preallocation_chunk_bytes = preallocation_chunk_bytes
 
     @property
     def directory(self) -> Path:
@@ -770,14 +890,24 @@ class Spool:
     def writer(self) -> SpoolWriter:
         """A writer for this process (one is enough; it is thread-safe)."""
         self._layout.ensure(keep_done=self._retention == "keep")
-        return SpoolWriter(self._layout, segment_max_bytes=self._segment_max_bytes)
+        return SpoolWriter(
+            self._layout,
+            segment_max_bytes=self._segment_max_bytes,
+            preallocation_chunk_bytes=self._preallocation_chunk_bytes,
+        )
 
     def consumer(self) -> SpoolConsumer:
         """The consumer (not yet open: ``with spool.consumer() as consumer: ...``)."""
-        return SpoolConsumer(self._layout, retention=self._retention, segment_max_bytes=self._segment_max_bytes)
+        return SpoolConsumer(
+            self._layout,
+            retention=self._retention,
+            segment_max_bytes=self._segment_max_bytes,
+            preallocation_chunk_bytes=self._preallocation_chunk_bytes,
+        )
 
     def status(self) -> SpoolStatus:
-        """Counts read without any lock (a snapshot; payload CRCs are not checked)."""
+        """Counts read without any lock (a snapshot; payload CRCs are not checked, except
+        the last record's in each segment, which may be torn)."""
         self._layout.ensure(keep_done=self._retention == "keep")
         index = _JournalIndex(self._layout, DeliveredLog.read(self._layout.delivered_log))
         index.scan(verify=False)

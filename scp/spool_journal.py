@@ -19,6 +19,22 @@ A record exists only when it is complete and its CRC matches. Reading a segment 
 at the first record that is not: whatever follows (a torn tail left by a crash or by a
 failed write, or garbage) is ignored, never an error.
 
+**Segment file**: records back to back from offset 0, then a **zero tail**. The writer
+preallocates space by writing zeros (:meth:`SegmentFile.preallocate`, then an fsync) and
+writes each record with ``pwrite`` into that space: overwriting blocks that are already
+allocated and durable lets the one fdatasync per record skip the file-size/extent
+metadata that an append would change. So the file size is *not* the end of the records:
+a record prefix of zeros (no magic) is the end, exactly like the end of the file. A
+torn record inside the zero tail (its first bytes, then zeros) fails its CRC or its
+header like any torn tail and ends the records too. A writer that closes a segment cuts
+the zero tail off (:meth:`SegmentFile.trim`); a crashed writer's segment keeps it.
+A record may also lie past the preallocated space (it was larger than what was left, or
+preallocation failed): it is then an ordinary append that grows the file.
+
+Reading a segment while its writer is still writing is safe: a record not yet fully
+written fails its CRC (readers that skip payload CRCs, ``verify=False``, still check the
+CRC of the last record they find), and a later scan from the same offset finds it.
+
 **Delivered log** line (one consumed item)::
 
     <CRC-32 of "<item id> <outcome>", 8 hex digits> <item id> <outcome>\\n
@@ -28,6 +44,7 @@ A line without its newline (a torn tail) or with a wrong CRC is ignored.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -35,7 +52,7 @@ import os
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -45,11 +62,13 @@ __all__ = [
     "RECORD_PREFIX_SIZE",
     "CorruptRecordError",
     "DeliveredLog",
+    "EndOfRecords",
     "RecordFields",
     "ScannedRecord",
     "SegmentFile",
     "encode_record",
     "fsync_dir",
+    "garbage_after",
     "read_payload",
     "scan_records",
     "utc_now_iso",
@@ -63,6 +82,9 @@ MAX_HEADER_BYTES = 64 * 1024
 _PREFIX = struct.Struct("<4sHHIQ")  # magic, version, flags, header length, payload length
 _CRC = struct.Struct("<I")
 RECORD_PREFIX_SIZE = _PREFIX.size + _CRC.size
+_ZERO_PREFIX = bytes(RECORD_PREFIX_SIZE)
+_ZEROS = bytes(1024 * 1024)
+"""Source of the zeros written by preallocation (and by the undo of a failed write)."""
 
 
 def utc_now_iso() -> str:
@@ -83,7 +105,8 @@ class RecordFields:
 
     def to_json(self) -> dict[str, str]:
         """The header as a JSON-ready dict."""
-        return asdict(self)
+        # not dataclasses.asdict: its recursive deep copy was a third of put's CPU time
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
     @classmethod
     def from_json(cls, obj: object) -> RecordFields:
@@ -101,6 +124,10 @@ class RecordFields:
 
 class CorruptRecordError(ValueError):
     """The bytes at an offset are not a complete record with a matching CRC."""
+
+
+class EndOfRecords(CorruptRecordError):
+    """Zeros where a record would start: the preallocated tail of a segment, not damage."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +168,8 @@ def _read_prefix(fd: int, offset: int, file_size: int) -> tuple[int, int, int, i
     raw = _pread_exact(fd, RECORD_PREFIX_SIZE, offset)
     if len(raw) < RECORD_PREFIX_SIZE:
         raise CorruptRecordError(f"incomplete record prefix at offset {offset}")
+    if raw == _ZERO_PREFIX:
+        raise EndOfRecords(f"zero tail (preallocated space) at offset {offset}")
     prefix = raw[: _PREFIX.size]
     magic, version, _flags, header_length, payload_length = _PREFIX.unpack(prefix)
     if magic != MAGIC or version != FORMAT_VERSION:
@@ -181,18 +210,57 @@ def _read_record(fd: int, offset: int, file_size: int, *, verify: bool) -> tuple
 def scan_records(fd: int, start: int, *, verify: bool = True) -> Iterator[ScannedRecord]:
     """The valid records from ``start`` on, stopping silently at the first invalid one.
 
+    The end of the file and a zero tail (preallocated space) end the records alike.
     With ``verify=False`` payloads are not read and CRCs not checked (a quick count for
-    status reports); completeness, magic, version and header are still checked.
+    status reports); completeness, magic, version and header are still checked, and so
+    is the CRC of the last record found: a torn record whose prefix and header made it
+    into the preallocated space but whose payload did not would otherwise pass (its
+    length no longer runs past the end of the file). A record followed by another one
+    was complete before its successor was begun, as far as a live writer goes; after a
+    power loss unsynced pages may be missing in any order, so such a count may include
+    a never-acknowledged record that a verifying reader stops before.
     """
     file_size = os.fstat(fd).st_size
     offset = start
+    held: ScannedRecord | None = None  # verify=False: the last record is checked before it is yielded
     while offset + RECORD_PREFIX_SIZE <= file_size:
         try:
             record, _ = _read_record(fd, offset, file_size, verify=verify)
         except CorruptRecordError:
-            return
-        yield record
+            break
+        if verify:
+            yield record
+        else:
+            if held is not None:
+                yield held
+            held = record
         offset = record.end
+    if held is not None:
+        try:
+            _read_record(fd, held.offset, file_size, verify=True)
+        except CorruptRecordError:
+            return
+        yield held
+
+
+def garbage_after(fd: int, offset: int) -> int:
+    """How many bytes from ``offset`` up to the last non-zero byte of the file (0: only zeros).
+
+    What follows the last record of a segment is its zero tail, if anything: a non-zero
+    byte there is a torn record or garbage (for logs; never an error).
+    """
+    file_size = os.fstat(fd).st_size
+    last_nonzero = offset
+    position = offset
+    while position < file_size:
+        chunk = os.pread(fd, min(len(_ZEROS), file_size - position), position)
+        if not chunk:
+            break
+        kept = len(chunk.rstrip(b"\0"))
+        if kept:
+            last_nonzero = position + kept
+        position += len(chunk)
+    return last_nonzero - offset
 
 
 def read_payload(fd: int, offset: int, *, verify: bool = True) -> bytes:
@@ -227,20 +295,45 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-class SegmentFile:
-    """A segment open for appending by its only writer, which holds ``flock(LOCK_EX)`` on it.
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        if written <= 0:  # pragma: no cover - a regular file never does this
+            raise OSError(errno.EIO, "write made no progress")
+        view = view[written:]
+        offset += written
 
-    The writer's group commit keeps ``synced_to`` (bytes known durable) and
-    ``sync_error`` (a failed fdatasync: the segment must not be used again) here.
+
+def _write_zeros(fd: int, offset: int, length: int) -> None:
+    end = offset + length
+    while offset < end:
+        piece = min(len(_ZEROS), end - offset)
+        _pwrite_all(fd, memoryview(_ZEROS)[:piece], offset)
+        offset += piece
+
+
+class SegmentFile:
+    """A segment open for writing by its only writer, which holds ``flock(LOCK_EX)`` on it.
+
+    ``size`` is the end of the records, ``allocated`` how far the file is known to hold
+    zeros written by :meth:`preallocate` (or records): a record that ends at or before
+    ``allocated`` overwrites allocated blocks and its fdatasync commits no metadata.
+    ``allocated`` may understate the file (after a failed preallocation), never overstate
+    it. The writer's group commit keeps ``synced_to`` (bytes known durable) and
+    ``sync_error`` (a failed fdatasync: the segment must not be used again) here;
+    ``extending`` is true while a preallocation of this segment is running.
     """
 
     def __init__(self, path: Path, fd: int) -> None:
         self.path = path
         self.size = 0
+        self.allocated = 0
         self.synced_to = 0
         self.sync_error: OSError | None = None
         self.broken = False
-        """A failed append could not be undone: bytes after ``size`` may be garbage."""
+        """A failed write could not be undone: bytes after ``size`` may be garbage."""
+        self.extending = False
         self._fd = fd
 
     @classmethod
@@ -252,7 +345,7 @@ class SegmentFile:
         segment is; so a writer that cannot lock at once, or that finds its segment
         already unlinked, leaves it to the consumer and makes another.
         """
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC  # no O_APPEND: records are pwritten
         fd = os.open(path, flags, 0o640)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -267,29 +360,57 @@ class SegmentFile:
             raise
         return cls(path, fd)
 
-    def append(self, record: bytes) -> int:
-        """Append one record (not yet durable) and return its offset.
+    def preallocate(self, start: int, length: int) -> None:
+        """Write ``length`` zeros at ``start`` (at or past ``allocated``), then fsync.
 
-        On failure the file is truncated back to its last good size, so no partial
-        record stays behind; if even that fails the segment is marked ``broken``.
+        Safe while records are written before ``start`` by another thread; the caller
+        updates ``allocated`` afterwards. On failure (ENOSPC...) the file is cut back to
+        ``start`` so that no space stays taken, and the error is raised; zeros left
+        behind if even that fails are harmless (they read as the end of the records).
+        """
+        try:
+            _write_zeros(self._fd, start, length)
+            os.fsync(self._fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                if os.fstat(self._fd).st_size > start:
+                    os.ftruncate(self._fd, start)
+            raise
+
+    def append(self, record: bytes) -> int:
+        """Write one record at ``size`` (not yet durable) and return its offset.
+
+        On failure the bytes are undone: zeros again inside the preallocated space, the
+        file cut back where it had grown past it; so no partial record stays behind. If
+        even that fails the segment is marked ``broken``.
         """
         if self.broken or self.sync_error is not None:
             raise OSError(errno.EIO, "segment is no longer usable")
         offset = self.size
+        end = offset + len(record)
         try:
-            _write_all(self._fd, record)
+            _pwrite_all(self._fd, record, offset)
         except OSError:
             try:
-                os.ftruncate(self._fd, offset)
+                if end > self.allocated:
+                    os.ftruncate(self._fd, max(offset, self.allocated))
+                if self.allocated > offset:
+                    _write_zeros(self._fd, offset, min(end, self.allocated) - offset)
             except OSError:
                 self.broken = True
             raise
-        self.size = offset + len(record)
+        self.size = end
+        self.allocated = max(self.allocated, end)
         return offset
 
     def sync(self) -> None:
-        """fdatasync: every byte appended so far is durable when this returns."""
+        """fdatasync: every record written so far is durable when this returns."""
         os.fdatasync(self._fd)
+
+    def trim(self) -> None:
+        """Cut the file back to the end of the records (the zero tail, or garbage if broken)."""
+        os.ftruncate(self._fd, self.size)
+        self.allocated = self.size
 
     def close(self) -> None:
         """Close the file, which releases the lock."""

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
+from structlog.testing import capture_logs
 
 from scp import spool_journal
 from scp.spool import (
@@ -30,6 +32,7 @@ from scp.spool import (
     DONE_DIR,
     FAILED_DIR,
     JOURNAL_DIR,
+    PREALLOCATION_CHUNK_BYTES,
     REQUEUE_DIR,
     SEGMENT_SUFFIX,
     RecordFields,
@@ -39,7 +42,7 @@ from scp.spool import (
     SpoolFullError,
     SpoolLockedError,
 )
-from scp.spool_journal import MAGIC, RECORD_PREFIX_SIZE
+from scp.spool_journal import MAGIC, RECORD_PREFIX_SIZE, garbage_after
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
@@ -64,6 +67,24 @@ def payload(sop_instance_uid: str, size: int = 300) -> bytes:
 
 def segments(root: Path) -> list[Path]:
     return sorted((root / JOURNAL_DIR).glob(f"*{SEGMENT_SUFFIX}"))
+
+
+def records_end(segment: Path) -> int:
+    """Where the valid records of ``segment`` end (its zero tail or torn tail starts)."""
+    fd = os.open(segment, os.O_RDONLY)
+    try:
+        return max((record.end for record in spool_journal.scan_records(fd, 0)), default=0)
+    finally:
+        os.close(fd)
+
+
+def tail_garbage(segment: Path) -> int:
+    """Non-zero bytes after the valid records of ``segment`` (0: a clean zero tail or none)."""
+    fd = os.open(segment, os.O_RDONLY)
+    try:
+        return garbage_after(fd, records_end(segment))
+    finally:
+        os.close(fd)
 
 
 def uids(items: list) -> list[str]:
@@ -114,15 +135,42 @@ def test_put_pending_read_round_trip(spool: Spool, consumer: SpoolConsumer) -> N
     assert item.record_fields() == record
 
 
-def test_one_fdatasync_per_put_and_no_directory_fsync(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+def count_syncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every sync of the spool: "fdatasync", "fsync file" (preallocation) or "fsync dir"."""
     synced: list[str] = []
     real_fdatasync, real_fsync = os.fdatasync, os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append("fsync dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
     monkeypatch.setattr(spool_journal.os, "fdatasync", lambda fd: (synced.append("fdatasync"), real_fdatasync(fd))[1])
-    monkeypatch.setattr(spool_journal.os, "fsync", lambda fd: (synced.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(spool_journal.os, "fsync", fsync)
+    return synced
+
+
+def test_one_fdatasync_per_put_and_no_directory_fsync(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced = count_syncs(monkeypatch)
     with spool.writer() as writer:
         for n in range(10):
             writer.put(fields(f"1.{n}"), payload(f"1.{n}"))
-    assert synced == ["fsync"] + ["fdatasync"] * 10  # the journal directory once, for the new segment
+    # the journal directory once for the new segment, its first preallocated chunk once
+    assert synced == ["fsync dir", "fsync file"] + ["fdatasync"] * 10
+
+
+def test_one_fdatasync_per_put_while_preallocation_extends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    chunk = 8 * 1024
+    spool = Spool(tmp_path / "spool", preallocation_chunk_bytes=chunk)
+    synced = count_syncs(monkeypatch)
+    with spool.writer() as writer:
+        for n in range(60):
+            writer.put(fields(f"1.{n}"), payload(f"1.{n}", 1000))
+        [segment] = segments(spool.directory)
+        preallocated = segment.stat().st_size
+    assert synced.count("fdatasync") == 60  # one per put, none for preallocation
+    assert synced.count("fsync dir") == 1
+    assert preallocated % chunk == 0 and preallocated > 60 * 1000
+    assert synced.count("fsync file") == preallocated // chunk  # one per preallocated chunk
 
 
 def test_layout_is_created_on_first_use(tmp_path: Path) -> None:
@@ -281,6 +329,243 @@ def test_torn_delivered_log_line_is_cut_off(spool: Spool) -> None:
         consumer.mark_delivered(second)
     with spool.consumer() as consumer:
         assert consumer.pending() == [third]
+
+
+# -- preallocation: the zero tail ------------------------------------------------------------
+
+WRITER_CHILD = """
+import sys
+from scp.spool import RecordFields, Spool
+writer = Spool(sys.argv[1]).writer()
+for line in sys.stdin:
+    uid = line.strip()
+    item_id = writer.put(RecordFields(uid, sys.argv[2], sys.argv[3], "CHILD"), (uid + "|").encode() * 60)
+    print("ID", item_id, flush=True)
+"""
+
+
+def child_payload(uid: str) -> bytes:
+    return (uid + "|").encode() * 60
+
+
+class WriterProcess:
+    """A writer in another process: ``put(uid)`` there, ``kill()`` it (SIGKILL, no clean close)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.child = run_child(
+            WRITER_CHILD, str(directory), COMPREHENSIVE_SR, EXPLICIT_VR_LITTLE_ENDIAN,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )
+
+    def put(self, uid: str) -> str:
+        assert self.child.stdin is not None
+        self.child.stdin.write(uid + "\n")
+        self.child.stdin.flush()
+        return read_marked_line(self.child, "ID")
+
+    def kill(self) -> None:
+        self.child.send_signal(signal.SIGKILL)
+        self.child.wait()
+
+
+@pytest.fixture(scope="module")
+def crashed_segment(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, bytes, int, int]:
+    """A segment left by a writer killed after three puts: (name, bytes, last offset, records end)."""
+    directory = tmp_path_factory.mktemp("crashed") / "spool"
+    writer = WriterProcess(directory)
+    try:
+        ids = [writer.put(f"1.{n}") for n in range(3)]
+    finally:
+        writer.kill()
+    [segment] = segments(directory)
+    return segment.name, segment.read_bytes(), int(ids[-1].rpartition("-")[2]), records_end(segment)
+
+
+def test_segment_is_preallocated_and_its_zero_tail_is_no_corruption(spool: Spool) -> None:
+    with capture_logs() as logs:
+        writer = spool.writer()
+        for n in range(3):
+            writer.put(fields(f"1.{n}"), payload(f"1.{n}"))
+        [segment] = segments(spool.directory)
+        end = records_end(segment)
+        assert segment.stat().st_size == PREALLOCATION_CHUNK_BYTES  # a multiple of the chunk
+        assert 3 * 300 < end < 2000
+        assert tail_garbage(segment) == 0
+        status = spool.status()
+        assert (status.pending, status.pending_bytes, status.segments) == (3, 900, 1)
+        with spool.consumer() as consumer:
+            items = consumer.pending()
+            assert [item.read() for item in items] == [payload(f"1.{n}") for n in range(3)]
+        writer.close()
+    assert segment.stat().st_size == end  # a writer that closes cuts its zero tail off
+    assert [entry for entry in logs if entry["log_level"] in ("warning", "error")] == []
+
+
+def test_preallocation_off_appends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool(tmp_path / "spool", preallocation_chunk_bytes=0)
+    synced = count_syncs(monkeypatch)
+    with spool.writer() as writer:
+        for n in range(3):
+            writer.put(fields(f"1.{n}"), payload(f"1.{n}"))
+            [segment] = segments(spool.directory)
+            assert segment.stat().st_size == records_end(segment)
+    assert synced == ["fsync dir"] + ["fdatasync"] * 3
+
+
+def test_consumer_sees_records_written_into_preallocated_space(spool: Spool, consumer: SpoolConsumer) -> None:
+    """Another process writes; the file size does not change, the consumer still finds each record."""
+    writer = WriterProcess(spool.directory)
+    try:
+        first = writer.put("1.1")
+        [segment] = segments(spool.directory)
+        size = segment.stat().st_size
+        assert [item.id for item in consumer.pending()] == [first]
+        for n in range(2, 6):
+            writer.put(f"1.{n}")
+            assert uids(consumer.pending()) == [f"1.{k}" for k in range(1, n + 1)]
+            assert spool.status().pending == n
+        assert segment.stat().st_size == size
+        assert [item.read() for item in consumer.pending()] == [child_payload(f"1.{n}") for n in range(1, 6)]
+    finally:
+        writer.kill()
+
+
+def test_crashed_writers_segment_with_zero_tail_is_deleted_once_consumed(spool: Spool, consumer: SpoolConsumer) -> None:
+    writer = WriterProcess(spool.directory)
+    try:
+        writer.put("1.1")
+        writer.put("1.2")
+        for item in consumer.pending():
+            consumer.mark_delivered(item)
+        assert len(segments(spool.directory)) == 1  # its writer still holds it
+    finally:
+        writer.kill()
+    [segment] = segments(spool.directory)
+    assert segment.stat().st_size == PREALLOCATION_CHUNK_BYTES  # the zero tail stayed
+    with capture_logs() as logs:
+        assert consumer.pending() == []
+    assert segments(spool.directory) == []
+    [deleted] = [entry for entry in logs if entry["event"] == "spool_segment_deleted"]
+    assert deleted["discarded_tail_bytes"] == 0
+
+
+@pytest.mark.parametrize("cut", [1, 4, 8, 12, 20, RECORD_PREFIX_SIZE - 1, RECORD_PREFIX_SIZE, 40, 150, -150, -1])
+def test_torn_record_in_the_zero_tail_is_ignored(
+    spool: Spool, crashed_segment: tuple[str, bytes, int, int], cut: int
+) -> None:
+    """A crash tore the last record: its first bytes made it to disk, the rest is still zeros."""
+    name, original, last, end = crashed_segment
+    torn = bytearray(original)
+    kept = last + cut if cut > 0 else end + cut
+    torn[kept:end] = bytes(end - kept)
+    with spool.writer():  # creates the layout
+        pass
+    segment = spool.directory / JOURNAL_DIR / name
+    segment.write_bytes(bytes(torn))
+    assert len(torn) == PREALLOCATION_CHUNK_BYTES > end
+    assert spool.status().pending == 2
+    with spool.consumer() as consumer:
+        items = consumer.pending()
+        assert uids(items) == ["1.0", "1.1"]
+        assert [item.read() for item in items] == [child_payload("1.0"), child_payload("1.1")]
+        with spool.writer() as writer:
+            writer.put(fields("1.3"), payload("1.3"))
+            assert len(segments(spool.directory)) == 2  # never into the crashed writer's segment
+        assert uids(consumer.pending()) == ["1.0", "1.1", "1.3"]
+        for item in consumer.pending():
+            consumer.mark_delivered(item)
+        with capture_logs() as logs:
+            assert consumer.pending() == []
+    assert segments(spool.directory) == []
+    discarded = {entry["segment"]: entry["discarded_tail_bytes"] for entry in logs
+                 if entry["event"] == "spool_segment_deleted"}
+    assert discarded[name] == len(bytes(torn[last:kept]).rstrip(b"\0")) > 0
+
+
+def test_torn_record_at_every_offset_in_the_zero_tail(spool: Spool) -> None:
+    segment, last = write_three(spool, size=40)
+    original = segment.read_bytes()
+    zero_tail = bytes(8192)
+    for cut in range(last, len(original)):
+        segment.write_bytes(original[:cut] + bytes(len(original) - cut) + zero_tail)
+        assert spool.status().pending == 2, cut
+        with spool.consumer() as consumer:
+            assert uids(consumer.pending()) == ["1.0", "1.1"], cut
+    segment.write_bytes(original + zero_tail)
+    assert spool.status().pending == 3
+    with spool.consumer() as consumer:
+        assert uids(consumer.pending()) == ["1.0", "1.1", "1.2"]
+
+
+def test_preallocation_extends_chunk_by_chunk_and_rolls_over_at_segment_max(tmp_path: Path) -> None:
+    chunk, segment_max = 8 * 1024, 64 * 1024
+    spool = Spool(tmp_path / "spool", segment_max_bytes=segment_max, preallocation_chunk_bytes=chunk)
+    active_sizes = set()
+    with spool.writer() as writer:
+        for n in range(150):
+            writer.put(fields(f"1.{n}"), payload(f"1.{n}", 1000))
+            *closed, active = segments(spool.directory)
+            size = active.stat().st_size
+            assert size % chunk == 0 and records_end(active) <= size <= segment_max, n
+            active_sizes.add(size)
+            assert all(f.stat().st_size == records_end(f) <= segment_max for f in closed), n
+    assert max(active_sizes) == segment_max and len(active_sizes) == segment_max // chunk  # every chunk in turn
+    files = segments(spool.directory)
+    assert len(files) == 3  # ~1.2 KB records, 53 to a 64 KiB segment
+    assert all(f.stat().st_size == records_end(f) > segment_max - 1300 for f in files[:-1])
+    with spool.consumer() as consumer:
+        items = consumer.pending()
+    assert uids(items) == [f"1.{n}" for n in range(150)]
+    assert [item.read() for item in items] == [payload(f"1.{n}", 1000) for n in range(150)]
+
+
+def test_failed_preallocation_is_no_failed_put(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    def enospc(self: object, start: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(spool_journal.SegmentFile, "preallocate", enospc)
+    with capture_logs() as logs, spool.writer() as writer:
+        writer.put(fields("1.1"), payload("1.1"))
+        writer.put(fields("1.2"), payload("1.2"))
+        [segment] = segments(spool.directory)
+        assert segment.stat().st_size == records_end(segment)  # appended instead
+    assert [entry["event"] for entry in logs if entry["log_level"] == "warning"] == ["spool_preallocation_failed"]
+    with spool.consumer() as consumer:
+        assert uids(consumer.pending()) == ["1.1", "1.2"]
+
+
+def test_failed_background_preallocation_is_cut_back_and_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC halfway through extending: the zeros written are cut off, records are
+    appended meanwhile, and a later extension succeeds."""
+    chunk = 8 * 1024
+    spool = Spool(tmp_path / "spool", preallocation_chunk_bytes=chunk)
+    real_pwrite, real_ftruncate = os.pwrite, os.ftruncate
+    failures: list[int] = []
+    truncations: list[int] = []
+
+    def extension_fails_once(fd: int, data: bytes, offset: int) -> int:
+        if offset >= chunk and is_zeros(data) and not failures:
+            failures.append(offset)
+            real_pwrite(fd, bytes(data)[: len(data) // 2], offset)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(spool_journal.os, "pwrite", extension_fails_once)
+    monkeypatch.setattr(spool_journal.os, "ftruncate", lambda fd, n: (truncations.append(n), real_ftruncate(fd, n))[1])
+    monkeypatch.setattr("scp.spool.PREALLOCATION_RETRY_SECONDS", 0.0)
+    with capture_logs() as logs, spool.writer() as writer:
+        for n in range(30):
+            writer.put(fields(f"1.{n}"), payload(f"1.{n}", 1000))
+        [segment] = segments(spool.directory)
+        assert segment.stat().st_size > records_end(segment)  # preallocated again
+    assert failures == [chunk]
+    assert truncations[0] == chunk  # the half-written zeros were cut off at once
+    assert [entry["event"] for entry in logs if entry["log_level"] == "warning"] == ["spool_preallocation_failed"]
+    with spool.consumer() as consumer:
+        items = consumer.pending()
+    assert [item.read() for item in items] == [payload(f"1.{n}", 1000) for n in range(30)]
 
 
 # -- delivery, reopening, crashes, locking -----------------------------------------------------
@@ -589,8 +874,11 @@ def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(mount_point)], check=True)
 
 
-def test_full_disk_raises_spool_full_and_the_spool_recovers(tiny_tmpfs: Path) -> None:
-    spool = Spool(tiny_tmpfs / "spool")
+@pytest.mark.parametrize("chunk", [PREALLOCATION_CHUNK_BYTES, 256 * 1024], ids=["never-fits", "fits-a-while"])
+def test_full_disk_raises_spool_full_and_the_spool_recovers(tiny_tmpfs: Path, chunk: int) -> None:
+    """4 MiB never fit on the 1 MiB file system (records are appended); 256 KiB chunks do
+    until the disk is full. Either way only the record that cannot be written fails."""
+    spool = Spool(tiny_tmpfs / "spool", preallocation_chunk_bytes=chunk)
     filler = tiny_tmpfs / "filler"
     filler.write_bytes(b"\0" * 200 * 1024)
     with spool.consumer() as consumer, spool.writer() as writer:
@@ -609,54 +897,73 @@ def test_full_disk_raises_spool_full_and_the_spool_recovers(tiny_tmpfs: Path) ->
         assert uids(consumer.pending()) == [*stored, "2.0"]
 
 
-def test_failed_write_leaves_no_half_record(spool: Spool, consumer: SpoolConsumer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Simulated (monkeypatched os.write): half the record is written, then ENOSPC."""
+def is_zeros(data: bytes | memoryview) -> bool:
+    return not bytes(data).strip(b"\0")
+
+
+@pytest.mark.parametrize("chunk", [PREALLOCATION_CHUNK_BYTES, 0], ids=["into-preallocated", "appending"])
+def test_failed_write_leaves_no_half_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    """Simulated (monkeypatched os.pwrite): half the record is written, then ENOSPC.
+
+    Into preallocated space the half record is zeroed again; past it the file is cut back.
+    """
+    spool = Spool(tmp_path / "spool", preallocation_chunk_bytes=chunk)
     writer = spool.writer()
     writer.put(fields("1.1"), payload("1.1"))
-    real_write = os.write
+    [segment] = segments(spool.directory)
+    size_before = segment.stat().st_size
+    real_pwrite = os.pwrite
     calls = []
 
-    def half_then_enospc(fd: int, data: bytes) -> int:
+    def half_then_enospc(fd: int, data: bytes, offset: int) -> int:
+        if is_zeros(data):  # undoing
+            return real_pwrite(fd, data, offset)
         calls.append(len(data))
         if len(calls) == 1:
-            return real_write(fd, bytes(data)[: len(data) // 2])
+            return real_pwrite(fd, bytes(data)[: len(data) // 2], offset)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(spool_journal.os, "write", half_then_enospc)
+    monkeypatch.setattr(spool_journal.os, "pwrite", half_then_enospc)
     with pytest.raises(SpoolFullError, match="No space left"):
         writer.put(fields("1.2"), payload("1.2"))
-    monkeypatch.setattr(spool_journal.os, "write", real_write)
+    assert segment.stat().st_size == size_before
+    assert tail_garbage(segment) == 0  # nothing of the half record is left
+    monkeypatch.setattr(spool_journal.os, "pwrite", real_pwrite)
     writer.put(fields("1.3"), payload("1.3"))
-    assert uids(consumer.pending()) == ["1.1", "1.3"]
+    with spool.consumer() as consumer:
+        assert uids(consumer.pending()) == ["1.1", "1.3"]
     assert len(segments(spool.directory)) == 1
     writer.close()
 
 
+@pytest.mark.parametrize("chunk", [PREALLOCATION_CHUNK_BYTES, 0], ids=["into-preallocated", "appending"])
 def test_write_that_cannot_be_undone_rolls_to_a_new_segment(
-    spool: Spool, consumer: SpoolConsumer, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
 ) -> None:
-    """Simulated: EIO after a partial write, and the truncation fails too."""
+    """Simulated: EIO after a partial write, and the undo (zeroing or truncation) fails too."""
+    spool = Spool(tmp_path / "spool", preallocation_chunk_bytes=chunk)
     writer = spool.writer()
     writer.put(fields("1.1"), payload("1.1"))
-    real_write, real_ftruncate = os.write, os.ftruncate
+    real_pwrite, real_ftruncate = os.pwrite, os.ftruncate
 
-    def partial_then_eio(fd: int, data: bytes) -> int:
-        monkeypatch.setattr(spool_journal.os, "write", eio)
-        return real_write(fd, bytes(data)[:50])
+    def partial_then_eio(fd: int, data: bytes, offset: int) -> int:
+        monkeypatch.setattr(spool_journal.os, "pwrite", eio)
+        return real_pwrite(fd, bytes(data)[:50], offset)
 
     def eio(*args: object) -> int:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(spool_journal.os, "write", partial_then_eio)
+    monkeypatch.setattr(spool_journal.os, "pwrite", partial_then_eio)
     monkeypatch.setattr(spool_journal.os, "ftruncate", eio)
     with pytest.raises(SpoolError, match="Input/output error") as raised:
         writer.put(fields("1.2"), payload("1.2"))
     assert not isinstance(raised.value, SpoolFullError)
-    monkeypatch.setattr(spool_journal.os, "write", real_write)
+    monkeypatch.setattr(spool_journal.os, "pwrite", real_pwrite)
     monkeypatch.setattr(spool_journal.os, "ftruncate", real_ftruncate)
     writer.put(fields("1.3"), payload("1.3"))
     assert len(segments(spool.directory)) == 2
-    assert uids(consumer.pending()) == ["1.1", "1.3"]
+    with spool.consumer() as consumer:
+        assert uids(consumer.pending()) == ["1.1", "1.3"]
     writer.close()
 
 
@@ -682,12 +989,31 @@ def test_failed_fdatasync_is_an_error_and_the_segment_is_abandoned(
 # -- concurrency -----------------------------------------------------------------------------
 
 
-def test_concurrent_puts_lose_nothing(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "spool", segment_max_bytes=64 * 1024)
+@pytest.mark.parametrize("chunk", [None, 4096], ids=["default-chunk", "small-chunk"])
+def test_concurrent_puts_lose_nothing(tmp_path: Path, chunk: int | None) -> None:
+    """Eight association threads; with small chunks, background extensions race the puts
+    and a consumer reads along meanwhile."""
+    spool = Spool(tmp_path / "spool", segment_max_bytes=64 * 1024, preallocation_chunk_bytes=chunk)
     writer = spool.writer()
     start = threading.Barrier(8)
     ids: list[str] = []
     errors: list[BaseException] = []
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def forwarder() -> None:
+        try:
+            with spool.consumer() as consumer:
+                while not stop.is_set():
+                    for item in consumer.pending():
+                        n = int(item.sop_instance_uid.rpartition(".")[2])
+                        assert item.read() == payload(item.sop_instance_uid, 1000 + n)
+                        seen.add(item.id)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    reader = threading.Thread(target=forwarder)
+    reader.start()
 
     def association(thread: int) -> None:
         start.wait()
@@ -704,8 +1030,11 @@ def test_concurrent_puts_lose_nothing(tmp_path: Path) -> None:
     for thread in threads:
         thread.join()
     writer.close()
+    stop.set()
+    reader.join()
     assert errors == []
     assert len(set(ids)) == 400
+    assert seen <= set(ids)
     assert len(segments(spool.directory)) > 1
     with spool.consumer() as consumer:
         items = consumer.pending()
@@ -791,10 +1120,14 @@ class SpoolMachine(RuleBasedStateMachine):
     Invariant: every instance put is exactly one of pending, delivered or failed.
     """
 
+    preallocation_chunk_bytes: int | None = None
+
     def __init__(self) -> None:
         super().__init__()
         self.directory = Path(tempfile.mkdtemp(prefix="spool-machine-"))
-        self.spool = Spool(self.directory, segment_max_bytes=1500)
+        self.spool = Spool(
+            self.directory, segment_max_bytes=1500, preallocation_chunk_bytes=self.preallocation_chunk_bytes
+        )
         self.writer = self.spool.writer()
         self.consumer = self.spool.consumer()
         self.consumer.open()
@@ -874,7 +1207,16 @@ class SpoolMachine(RuleBasedStateMachine):
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+class SmallChunkSpoolMachine(SpoolMachine):
+    """The same with 512-byte preallocation chunks: extensions, waits for them and records
+    past the preallocated space all happen."""
+
+    preallocation_chunk_bytes = 512
+
+
 SpoolMachine.TestCase.settings = settings(
     max_examples=40, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+SmallChunkSpoolMachine.TestCase.settings = SpoolMachine.TestCase.settings
 test_spool_never_loses_an_instance = SpoolMachine.TestCase
+test_spool_never_loses_an_instance_with_small_preallocation_chunks = SmallChunkSpoolMachine.TestCase
