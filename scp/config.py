@@ -15,7 +15,7 @@ Sources, later ones win:
    the value verbatim. Variables with no ``__`` after the prefix (``SR2FHIR_CONFIG``) are
    not overrides and are ignored.
 
-Relative paths (``spool.directory``, ``fhir.outbox_directory``, ``fhir.tls.*``) written in
+Relative paths (``spool.directory``, ``fhir.outbox_directory``, ``fhir.tls.*``, ``dicom.tls.*``) written in
 the file, and the defaults of path keys the file leaves out, are resolved against the
 directory that holds the config file; relative paths from the environment against the
 current directory. Paths in the :class:`Settings` that :func:`load_settings` returns are
@@ -35,6 +35,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Mapping, Sequence
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path, PurePath
 from types import NoneType, UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -47,6 +48,8 @@ from pydantic import (
     ByteSize,
     ConfigDict,
     Field,
+    FilePath,
+    IPvAnyNetwork,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -56,10 +59,14 @@ from pydantic import (
 from fhir_client import FhirSettings
 from mapping import MappingOptions
 
+from . import dicom_tls
+
 __all__ = [
     "ENV_PREFIX",
     "ConfigError",
+    "DicomPeer",
     "DicomSettings",
+    "DicomTlsSettings",
     "FhirDeliverySettings",
     "ForwarderSettings",
     "HealthSettings",
@@ -125,12 +132,116 @@ def _lower(value: Any) -> Any:
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
+def _parse_network(value: Any) -> Any:
+    """``10.0.0.7`` (one address) or ``10.0.0.0/24`` (a network), IPv4 or IPv6; no host names."""
+    if isinstance(value, (IPv4Network, IPv6Network)):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be an IP address or network, e.g. 10.0.0.7 or 10.0.0.0/24")
+    text = value.strip()
+    try:
+        return ip_network(text)
+    except ValueError:
+        pass
+    try:
+        network = ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not an IP address or network (e.g. 10.0.0.7 or 10.0.0.0/24; host names are not accepted)"
+        ) from None
+    raise ValueError(f"{text} has host bits set (did you mean {network}?)")
+
+
+_Network = Annotated[IPvAnyNetwork, BeforeValidator(_parse_network)]
+
+
+class DicomPeer(_Frozen):
+    """One sender allowed in by ``dicom.allowed_peers``: its calling AE title and the
+    addresses (single addresses or CIDR networks) it may connect from."""
+
+    ae_title: AETitle
+    addresses: list[_Network]
+
+    @field_validator("addresses")
+    @classmethod
+    def _some_address(cls, value: list[Any]) -> list[Any]:
+        if not value:
+            raise ValueError("must list at least one address or network "
+                             "(to allow any address, list the AE title in allowed_calling_ae_titles)")
+        return value
+
+
+class DicomTlsSettings(_Frozen):
+    """TLS on the DICOM port (see :mod:`scp.dicom_tls`); TLS 1.2 is the minimum.
+
+    ``certificate``: our PEM certificate (chain); ``private_key``: its unencrypted PEM key,
+    ``null`` if the key is inside ``certificate``. ``ca_certificates``: PEM bundle client
+    certificates are verified against (checked when a client presents one; demanded with
+    ``require_client_certificate``). ``ciphers``: OpenSSL cipher string for TLS 1.2 suites,
+    ``null`` = OpenSSL's defaults. Every file given is checked at load time (exists, is
+    readable, holds what it should), enabled or not.
+    """
+
+    enabled: bool = False
+    certificate: FilePath | None = Field(default=None, validate_default=True)
+    private_key: FilePath | None = Field(default=None, validate_default=True)
+    require_client_certificate: bool = False
+    ca_certificates: FilePath | None = Field(default=None, validate_default=True)
+    ciphers: str | None = Field(default=None, min_length=1)
+
+    @field_validator("certificate")
+    @classmethod
+    def _certificate_usable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            if info.data.get("enabled"):
+                raise ValueError("required when dicom.tls.enabled is true")
+            return value
+        dicom_tls.check_readable(value)
+        dicom_tls.check_certificate(value)
+        return value
+
+    @field_validator("private_key")
+    @classmethod
+    def _key_matches(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None:
+            dicom_tls.check_readable(value)
+        certificate = info.data.get("certificate")  # absent when it was invalid
+        if certificate is not None and (value is not None or info.data.get("enabled")):
+            dicom_tls.check_key_pair(certificate, value)
+        elif value is not None and "certificate" in info.data:
+            raise ValueError("private_key is set but certificate is not")
+        return value
+
+    @field_validator("ca_certificates")
+    @classmethod
+    def _ca_usable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            if info.data.get("require_client_certificate"):
+                raise ValueError("required when require_client_certificate is true "
+                                 "(the CA certificates client certificates are verified against)")
+            return value
+        dicom_tls.check_readable(value)
+        dicom_tls.check_ca_certificates(value)
+        return value
+
+    @field_validator("ciphers")
+    @classmethod
+    def _ciphers_usable(cls, value: str | None) -> str | None:
+        if value is not None:
+            dicom_tls.check_ciphers(value)
+        return value
+
+
 class DicomSettings(_Frozen):
     """The C-STORE listener (see :mod:`scp.listener`).
 
     ``port`` 0 picks a free port (tests). ``max_pdu_size`` is the largest P-DATA PDU we
-    accept, 0 = no limit. ``allowed_calling_ae_titles`` empty = accept any caller.
-    ``require_called_ae_title``: reject associations not addressed to ``ae_title``.
+    accept, 0 = no limit. ``require_called_ae_title``: reject associations not addressed
+    to ``ae_title``.
+
+    Who may send: ``allowed_calling_ae_titles`` (from any address) plus ``allowed_peers``
+    (an AE title from the listed addresses only); both empty = accept any caller. An AE
+    title may be in only one of the two.
     """
 
     ae_title: AETitle = "SR2FHIR"
@@ -142,8 +253,20 @@ class DicomSettings(_Frozen):
     dimse_timeout_s: _Seconds = 30.0
     network_timeout_s: _Seconds = 60.0
     allowed_calling_ae_titles: list[AETitle] = Field(default_factory=list)
+    allowed_peers: list[DicomPeer] = Field(default_factory=list)
     require_called_ae_title: bool = True
     tcp_nodelay: bool = True
+    tls: DicomTlsSettings = DicomTlsSettings()
+
+    @field_validator("allowed_peers")
+    @classmethod
+    def _peers_not_also_unrestricted(cls, value: list[DicomPeer], info: ValidationInfo) -> list[DicomPeer]:
+        anywhere = set(info.data.get("allowed_calling_ae_titles") or ())
+        both = sorted({peer.ae_title for peer in value} & anywhere)
+        if both:
+            raise ValueError(f"{', '.join(both)} also in allowed_calling_ae_titles, which allows any address; "
+                             "list each AE title in one of the two only")
+        return value
 
 
 class SpoolSettings(_Frozen):
@@ -209,6 +332,8 @@ class HealthSettings(_Frozen):
 
     host: str = Field(default="127.0.0.1", min_length=1)
     port: _Port | None = None
+    worker_stale_after_s: _Seconds = 60.0
+    """The worker's heartbeat unchanged this long withholds the systemd watchdog."""
 
 
 class Settings(_Frozen):

@@ -4,6 +4,12 @@ The main process receives (pynetdicom threads + the spool writer) and does nothi
 worker process maps and delivers. On SIGTERM/SIGINT: stop accepting associations, let
 in-flight C-STOREs finish (bounded), stop the worker (its deliveries settle or stay queued),
 exit 0. A worker that dies unexpectedly is restarted.
+
+Under systemd (``Type=notify``, see :mod:`scp.systemd` and ``deploy/sr2fhir.service``) the
+supervise loop is the health loop: ``READY=1`` once the port is bound and the spool open,
+``WATCHDOG=1`` every tick while the listener's acceptor thread runs and the worker's
+heartbeat moves, ``STATUS=`` with the backlog, ``STOPPING=1`` on shutdown. Only this process
+notifies: the worker is started without the ``NOTIFY_SOCKET``/``WATCHDOG_*`` variables.
 """
 
 from __future__ import annotations
@@ -14,16 +20,19 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
 from .config import Settings
+from .dicom_tls import server_ssl_context
 from .listener import ListenerPolicy, start_listener
 from .spool import Spool
-from .worker import PARENT_PID_ENV
+from .systemd import Health, Notifier, Sampler, ServiceMonitor, without_notify_env
+from .worker import PARENT_PID_ENV, heartbeat_path
 
-__all__ = ["serve", "WorkerProcess"]
+__all__ = ["WorkerProcess", "serve"]
 
 log = structlog.get_logger()
 
@@ -31,6 +40,10 @@ DRAIN_TIMEOUT_S = 10.0
 WORKER_STOP_TIMEOUT_S = 8.0
 WORKER_RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 WORKER_HEALTHY_AFTER_S = 60.0
+WORKER_STALE_AFTER_S = 60.0
+"""The worker's heartbeat unchanged this long (while it runs) withholds the systemd watchdog."""
+STATUS_INTERVAL_S = 5.0
+"""How often the backlog in systemd's STATUS= line is refreshed."""
 
 
 class WorkerProcess:
@@ -45,7 +58,8 @@ class WorkerProcess:
         command = [sys.executable, "-m", "scp.worker"]
         if self._config_path is not None:
             command += ["--config", str(self._config_path)]
-        env = {**os.environ, PARENT_PID_ENV: str(os.getpid())}
+        # The worker must never talk to systemd (NotifyAccess=main would drop it anyway).
+        env = {**without_notify_env(os.environ), PARENT_PID_ENV: str(os.getpid())}
         self._process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
         log.info("worker_spawned", pid=self._process.pid)
 
@@ -76,6 +90,7 @@ def serve(settings: Settings, config_path: Path | None) -> int:
                   retention=settings.spool.retention)
     writer = spool.writer()
     dicom = settings.dicom
+    ssl_context = server_ssl_context(dicom.tls)  # before the try: an SSLError is an OSError too
     try:
         listener = start_listener(
             host=dicom.host, port=dicom.port, ae_title=dicom.ae_title, writer=writer,
@@ -84,6 +99,7 @@ def serve(settings: Settings, config_path: Path | None) -> int:
             require_called_ae_title=dicom.require_called_ae_title, acse_timeout_s=dicom.acse_timeout_s,
             dimse_timeout_s=dicom.dimse_timeout_s, network_timeout_s=dicom.network_timeout_s,
             maximum_pdu_size=dicom.max_pdu_size, tcp_nodelay=dicom.tcp_nodelay,
+            allowed_peers=dicom.allowed_peers, ssl_context=ssl_context, reject_associations_below_min_free=True,
         )
     except OSError as exc:
         writer.close()
@@ -94,11 +110,17 @@ def serve(settings: Settings, config_path: Path | None) -> int:
     log.info("listener_started", host=dicom.host, port=listener.port, ae_title=dicom.ae_title,
              spool_directory=str(settings.spool.directory),
              target=str(settings.fhir.base_url) if settings.fhir.base_url else f"outbox {settings.fhir.outbox_directory}")
+    health = Health(listener_alive=_acceptor_alive(), heartbeat=heartbeat_path(settings.spool.directory),
+                    stale_after_s=settings.health.worker_stale_after_s)
+    monitor = ServiceMonitor(Notifier(), health, Sampler(lambda: _backlog(spool), STATUS_INTERVAL_S))
     worker = WorkerProcess(config_path)
     worker.start()
+    monitor.worker_spawned()
+    monitor.ready(f"listening on {dicom.host}:{listener.port}")
     try:
-        _supervise(worker, stop)
+        _supervise(worker, stop, monitor)
     finally:
+        monitor.stopping()
         log.info("daemon_stopping", active_associations=listener.active_associations)
         listener.stop(drain_timeout_s=DRAIN_TIMEOUT_S)
         worker.stop()
@@ -107,21 +129,43 @@ def serve(settings: Settings, config_path: Path | None) -> int:
     return 0
 
 
-def _supervise(worker: WorkerProcess, stop: threading.Event) -> None:
-    """Wait for the stop signal; restart the worker (with back-off) if it dies meanwhile."""
+def _supervise(worker: WorkerProcess, stop: threading.Event, monitor: ServiceMonitor) -> None:
+    """Until the stop signal: restart the worker (with back-off) if it dies, and tick the
+    monitor (watchdog, status) every ``monitor.tick_s``, also while a restart is pending."""
     failures = 0
     started = time.monotonic()
-    while not stop.wait(0.5):
-        status = worker.exited()
-        if status is None:
-            continue
-        if time.monotonic() - started > WORKER_HEALTHY_AFTER_S:
-            failures = 0
-        delay = WORKER_RESTART_BACKOFF_S[min(failures, len(WORKER_RESTART_BACKOFF_S) - 1)]
-        log.error("worker_exited", status=status, restart_in_s=delay)
-        failures += 1
-        if stop.wait(delay):
-            return
-        worker.restarts += 1
-        worker.start()
-        started = time.monotonic()
+    restart_at: float | None = None
+    while not stop.wait(monitor.tick_s):
+        now = time.monotonic()
+        if restart_at is None and (status := worker.exited()) is not None:
+            if now - started > WORKER_HEALTHY_AFTER_S:
+                failures = 0
+            delay = WORKER_RESTART_BACKOFF_S[min(failures, len(WORKER_RESTART_BACKOFF_S) - 1)]
+            log.error("worker_exited", status=status, restart_in_s=delay)
+            failures += 1
+            restart_at = now + delay
+        elif restart_at is not None and now >= restart_at:
+            worker.restarts += 1
+            worker.start()
+            monitor.worker_spawned()
+            started, restart_at = now, None
+        monitor.tick(worker_running=restart_at is None)
+
+
+def _acceptor_alive() -> Callable[[], bool]:
+    """Whether pynetdicom's acceptor (its non-blocking server runs ``serve_forever`` in a thread
+    named ``AcceptorServer@<time>``; one listener per process) is still running."""
+    acceptor = next((t for t in threading.enumerate() if t.name.startswith("AcceptorServer@")), None)
+    if acceptor is None:
+        log.warning("watchdog_listener_unchecked", reason="pynetdicom's AcceptorServer thread not found")
+        return lambda: True
+    return acceptor.is_alive
+
+
+
+def _backlog(spool: Spool) -> str:
+    try:
+        status = spool.status()
+    except Exception as exc:  # noqa: BLE001 - a status line must never stop the daemon
+        return f"unknown ({type(exc).__name__}: {exc})"
+    return f"{status.pending} pending, {status.failed} failed"

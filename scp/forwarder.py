@@ -207,8 +207,7 @@ async def run_forwarder(
 ) -> ForwarderStats:
     """Forward until ``stop`` is set; in-flight items finish (or stay pending) before return.
 
-    ``on_tick`` runs once per loop turn (at least every ``poll_interval_s`` while idle, and
-    whenever a slot frees up): the worker's heartbeat.
+    ``on_tick`` runs every ``poll_interval_s`` in a task of its own: the worker's heartbeat.
     """
     stats = ForwarderStats()
     slots = asyncio.Semaphore(concurrency)
@@ -227,9 +226,8 @@ async def run_forwarder(
             in_flight.pop(item.id, None)
             slots.release()
 
+    ticker = asyncio.create_task(_tick(on_tick, stop, poll_interval_s)) if on_tick is not None else None
     while not stop.is_set():
-        if on_tick is not None:
-            on_tick()
         consumer.ingest_requeued()
         now = time.monotonic()
         fresh = [i for i in consumer.pending(batch_size + len(in_flight) + len(not_before))
@@ -251,4 +249,20 @@ async def run_forwarder(
             await asyncio.wait(list(in_flight.values()), return_when=asyncio.FIRST_COMPLETED)
     if in_flight:
         await asyncio.gather(*in_flight.values(), return_exceptions=True)
+    if ticker is not None:
+        await ticker
     return stats
+
+
+async def _tick(on_tick: Callable[[], None], stop: asyncio.Event, interval_s: float) -> None:
+    """Call ``on_tick`` every ``interval_s`` while the event loop runs (the worker's heartbeat).
+
+    A task of its own: the forwarding loop may wait long on deliveries (a FHIR outage with
+    every slot retrying) without being stuck; only a blocked event loop stops the beat.
+    """
+    while not stop.is_set():
+        on_tick()
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+        except TimeoutError:
+            pass

@@ -193,13 +193,15 @@ def test_unmappable_sr_is_dead_lettered_listed_and_requeued(tmp_path, capsys):
     assert Path(sidecars[0]).with_suffix(".dcm").exists()
 
 
-def test_free_space_below_the_reserve_is_refused_with_a700(tmp_path):
+def test_free_space_below_the_reserve_refuses_the_association(tmp_path):
     config = write_config(tmp_path, spool={"min_free_bytes": "1000 TiB"})
     with DaemonProcess(config) as daemon:
-        ds = report("no-room")
-        assert send(daemon.port, ds) == [0xA700]
-        refused = daemon.wait_for("sr_refused")
-        assert refused["status"] == 0xA700 and "min_free_bytes" in refused["reason"]
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(sr.COMPREHENSIVE_SR)
+        assoc = ae.associate("127.0.0.1", daemon.port, ae_title="SR2FHIR")
+        assert assoc.is_rejected
+        refused = daemon.wait_for("association_rejected")
+        assert refused["reason"] == "free disk space below spool.min_free_bytes" and refused["transient"] is True
     assert not (tmp_path / "outbox").exists() or not any((tmp_path / "outbox").iterdir())
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import shutil
+import subprocess
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -12,6 +16,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from fhir_client import FhirSettings, OAuth2ClientCredentialsSettings
 from mapping import MappingOptions
+from scp import dicom_tls
 from scp.config import (
     ConfigError,
     DicomSettings,
@@ -433,3 +438,228 @@ class TestEnvironment:
 def test_fhir_delivery_settings_keeps_fhir_client_validation():
     with pytest.raises(ValidationError):
         FhirDeliverySettings.model_validate({"timeout_s": 0})
+
+
+# --------------------------------------------------------------------------- dicom: who may send, TLS
+
+
+class TestDicomAllowedPeers:
+    def test_defaults_let_anyone_in(self):
+        dicom = DicomSettings()
+        assert dicom.allowed_calling_ae_titles == [] and dicom.allowed_peers == []
+
+    def test_addresses_and_networks_of_both_families(self, tmp_path):
+        config = write_config(tmp_path, """\
+            dicom:
+              allowed_calling_ae_titles: [ROUTER]
+              allowed_peers:
+                - ae_title: " PACS "
+                  addresses: [10.20.0.0/24, 10.30.1.7, "fd00::/64", "::1"]
+                - {ae_title: AI_NODE, addresses: [192.168.5.12]}
+            """)
+        peers = load_settings(config, environ={}).dicom.allowed_peers
+        assert [peer.ae_title for peer in peers] == ["PACS", "AI_NODE"]
+        assert [str(network) for network in peers[0].addresses] == ["10.20.0.0/24", "10.30.1.7/32", "fd00::/64",
+                                                                    "::1/128"]
+
+    @pytest.mark.parametrize(
+        ("peers", "expected"),
+        [
+            pytest.param("[{ae_title: PACS, addresses: [10.0.0.5/24]}]",
+                         "dicom.allowed_peers[0].addresses[0]: 10.0.0.5/24 has host bits set (did you mean 10.0.0.0/24?)",
+                         id="host-bits"),
+            pytest.param("[{ae_title: PACS, addresses: [10.0.0.1, pacs.example.org]}]",
+                         "dicom.allowed_peers[0].addresses[1]: 'pacs.example.org' is not an IP address or network "
+                         "(e.g. 10.0.0.7 or 10.0.0.0/24; host names are not accepted)", id="host-name"),
+            pytest.param("[{ae_title: PACS, addresses: [10]}]",
+                         "dicom.allowed_peers[0].addresses[0]: must be an IP address or network, e.g. 10.0.0.7 or "
+                         "10.0.0.0/24", id="number"),
+            pytest.param("[{ae_title: PACS, addresses: []}]",
+                         "dicom.allowed_peers[0].addresses: must list at least one address or network (to allow any "
+                         "address, list the AE title in allowed_calling_ae_titles)", id="no-addresses"),
+            pytest.param("[{addresses: [10.0.0.1]}]", "dicom.allowed_peers[0].ae_title: required, not given",
+                         id="no-title"),
+            pytest.param("[{ae_title: THIS_TITLE_IS_TOO_LONG, addresses: [10.0.0.1]}]",
+                         "dicom.allowed_peers[0].ae_title: must be at most 16 characters (has 22)", id="long-title"),
+            pytest.param("[{ae_title: PACS, addresses: [10.0.0.1], port: 104}]",
+                         "dicom.allowed_peers[0].port: unknown key", id="unknown-key"),
+            pytest.param("PACS", "dicom.allowed_peers: must be a list", id="not-a-list"),
+        ],
+    )
+    def test_problems_are_one_line_each(self, tmp_path, peers, expected):
+        config = write_config(tmp_path, f"dicom:\n  allowed_peers: {peers}\n")
+        assert problems_of(config) == [f"{config}: {expected}"]
+
+    def test_a_title_allowed_from_anywhere_cannot_also_be_pinned(self, tmp_path):
+        config = write_config(tmp_path, """\
+            dicom:
+              allowed_calling_ae_titles: [PACS, ROUTER]
+              allowed_peers: [{ae_title: PACS, addresses: [10.0.0.1]}, {ae_title: AI, addresses: [10.0.0.2]}]
+            """)
+        assert problems_of(config) == [
+            (f"{config}: dicom.allowed_peers: PACS also in allowed_calling_ae_titles, which allows any address; "
+             "list each AE title in one of the two only")
+        ]
+
+    def test_from_the_environment(self):
+        settings = load_settings(None, environ={
+            "SR2FHIR_DICOM__ALLOWED_PEERS": "[{ae_title: PACS, addresses: [10.0.0.0/8, 127.0.0.1]}]",
+        })
+        [peer] = settings.dicom.allowed_peers
+        assert (peer.ae_title, [str(a) for a in peer.addresses]) == ("PACS", ["10.0.0.0/8", "127.0.0.1/32"])
+
+
+def _openssl(directory: Path, *args: str) -> None:
+    proc = subprocess.run(["openssl", *args], cwd=directory, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def pem(tmp_path_factory) -> Path:
+    """server.pem/server.key (self-signed), other.key, encrypted.key, combined.pem (cert + key),
+    ca.pem (= server.pem), not-pem.txt; made with the openssl command line."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command line is not installed")
+    directory = tmp_path_factory.mktemp("pem")
+    for name in ("server", "other"):
+        _openssl(directory, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
+                 "-out", f"{name}.pem", "-days", "2", "-subj", f"/CN={name}")
+    _openssl(directory, "pkey", "-in", "server.key", "-aes256", "-passout", "pass:secret", "-out", "encrypted.key")
+    (directory / "combined.pem").write_bytes((directory / "server.pem").read_bytes()
+                                             + (directory / "server.key").read_bytes())
+    shutil.copy(directory / "server.pem", directory / "ca.pem")
+    (directory / "not-pem.txt").write_text("hello\n", encoding="ascii")
+    return directory
+
+
+def tls_config(directory: Path, pem_dir: Path, **tls: Any) -> Path:
+    values = {"enabled": True, "certificate": str(pem_dir / "server.pem"), "private_key": str(pem_dir / "server.key"),
+              **tls}
+    return write_config(directory, yaml.safe_dump({"dicom": {"tls": values}}))
+
+
+class TestDicomTls:
+    def test_off_by_default(self):
+        tls = DicomSettings().tls
+        assert (tls.enabled, tls.certificate, tls.private_key, tls.ca_certificates, tls.ciphers) == (
+            False, None, None, None, None)
+        assert tls.require_client_certificate is False
+
+    def test_a_complete_section_loads_with_paths_relative_to_the_config(self, tmp_path, pem):
+        for name in ("server.pem", "server.key", "ca.pem"):
+            shutil.copy(pem / name, tmp_path / name)
+        config = write_config(tmp_path, """\
+            dicom:
+              tls:
+                enabled: true
+                certificate: server.pem
+                private_key: server.key
+                require_client_certificate: true
+                ca_certificates: ca.pem
+                ciphers: ECDHE+AESGCM
+            """)
+        tls = load_settings(config, environ={}).dicom.tls
+        assert (tls.certificate, tls.private_key, tls.ca_certificates) == (
+            tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "ca.pem")
+        assert tls.enabled and tls.require_client_certificate and tls.ciphers == "ECDHE+AESGCM"
+
+    def test_the_key_may_be_inside_the_certificate_file(self, tmp_path, pem):
+        tls = load_settings(tls_config(tmp_path, pem, certificate=str(pem / "combined.pem"), private_key=None),
+                            environ={}).dicom.tls
+        assert tls.private_key is None
+
+    def test_from_the_environment_with_paths_relative_to_the_current_directory(self, tmp_path, pem, monkeypatch):
+        monkeypatch.chdir(pem)
+        tls = load_settings(None, environ={
+            "SR2FHIR_DICOM__TLS__ENABLED": "true",
+            "SR2FHIR_DICOM__TLS__CERTIFICATE": "server.pem",
+            "SR2FHIR_DICOM__TLS__PRIVATE_KEY": "server.key",
+            "SR2FHIR_DICOM__TLS__CIPHERS": "ECDHE+AESGCM",
+        }).dicom.tls
+        assert tls.enabled and tls.certificate == pem / "server.pem" and tls.ciphers == "ECDHE+AESGCM"
+
+    @pytest.mark.parametrize(
+        ("tls", "expected"),
+        [
+            pytest.param({"certificate": None, "private_key": None},
+                         "dicom.tls.certificate: required when dicom.tls.enabled is true", id="no-certificate"),
+            pytest.param({"certificate": "{tmp}/missing.pem"},
+                         "dicom.tls.certificate: no such file: {tmp}/missing.pem", id="missing-certificate"),
+            pytest.param({"certificate": "{pem}/not-pem.txt"},
+                         "dicom.tls.certificate: no PEM certificate in {pem}/not-pem.txt", id="not-a-certificate"),
+            pytest.param({"private_key": "{pem}/other.key"},
+                         "dicom.tls.private_key: {pem}/other.key is not the private key of dicom.tls.certificate",
+                         id="wrong-key"),
+            pytest.param({"private_key": "{pem}/encrypted.key"},
+                         "dicom.tls.private_key: {pem}/encrypted.key holds an encrypted private key; sr2fhir needs "
+                         "an unencrypted key file", id="encrypted-key"),
+            pytest.param({"private_key": "{pem}/not-pem.txt"},
+                         "dicom.tls.private_key: no usable PEM private key in {pem}/not-pem.txt", id="not-a-key"),
+            pytest.param({"private_key": None},
+                         "dicom.tls.private_key: required: dicom.tls.certificate ({pem}/server.pem) holds no "
+                         "private key", id="no-key-anywhere"),
+            pytest.param({"enabled": False, "certificate": None},
+                         "dicom.tls.private_key: private_key is set but certificate is not", id="key-without-cert"),
+            pytest.param({"require_client_certificate": True},
+                         "dicom.tls.ca_certificates: required when require_client_certificate is true (the CA "
+                         "certificates client certificates are verified against)", id="no-ca"),
+            pytest.param({"ca_certificates": "{pem}/not-pem.txt"},
+                         "dicom.tls.ca_certificates: no PEM certificates in {pem}/not-pem.txt", id="ca-not-pem"),
+            pytest.param({"ca_certificates": "{tmp}/ca"},
+                         "dicom.tls.ca_certificates: no such file: {tmp}/ca", id="ca-missing"),
+            pytest.param({"ciphers": "NO-SUCH-CIPHER"},
+                         "dicom.tls.ciphers: no cipher suite matches this OpenSSL cipher string", id="ciphers"),
+            pytest.param({"ciphers": ""}, "dicom.tls.ciphers: must not be empty", id="empty-ciphers"),
+            pytest.param({"enabled": "maybe"}, "dicom.tls.enabled: must be true or false", id="enabled"),
+            pytest.param({"certifcate": "x"}, "dicom.tls.certifcate: unknown key (did you mean 'certificate'?)",
+                         id="typo"),
+        ],
+    )
+    def test_problems_are_one_line_each(self, tmp_path, pem, tls, expected):
+        tls = {key: value.format(tmp=tmp_path, pem=pem) if isinstance(value, str) else value
+               for key, value in tls.items()}
+        config = tls_config(tmp_path, pem, **tls)
+        assert problems_of(config) == [f"{config}: {expected.format(tmp=tmp_path, pem=pem)}"]
+
+    def test_files_are_checked_even_while_disabled(self, tmp_path, pem):
+        config = tls_config(tmp_path, pem, enabled=False, ca_certificates=str(tmp_path / "nope.pem"))
+        assert problems_of(config) == [f"{config}: dicom.tls.ca_certificates: no such file: {tmp_path / 'nope.pem'}"]
+
+    def test_every_problem_is_reported_at_once(self, tmp_path, pem):
+        config = tls_config(tmp_path, pem, certificate=str(tmp_path / "a.pem"), require_client_certificate=True,
+                            ciphers="NOPE")
+        assert problems_of(config) == [
+            f"{config}: dicom.tls.certificate: no such file: {tmp_path / 'a.pem'}",
+            (f"{config}: dicom.tls.ca_certificates: required when require_client_certificate is true (the CA "
+             "certificates client certificates are verified against)"),
+            f"{config}: dicom.tls.ciphers: no cipher suite matches this OpenSSL cipher string",
+        ]
+
+    def test_an_unreadable_file_is_named(self, tmp_path, pem, monkeypatch):
+        key = tmp_path / "server.key"
+        shutil.copy(pem / "server.key", key)
+        key.chmod(0)
+        if os.geteuid() == 0:  # root reads it anyway: make open() answer as for anyone else
+            real_open = open
+
+            def denying_open(path, *args, **kwargs):
+                if Path(path) == key:
+                    raise PermissionError(13, "Permission denied", str(path))
+                return real_open(path, *args, **kwargs)
+
+            monkeypatch.setattr(dicom_tls, "open", denying_open, raising=False)
+        config = tls_config(tmp_path, pem, private_key=str(key))
+        assert problems_of(config) == [f"{config}: dicom.tls.private_key: cannot read {key}: Permission denied"]
+
+    def test_the_commented_dicom_example_in_config_yaml_is_valid(self, tmp_path, pem):
+        text = SHIPPED_CONFIG.read_text(encoding="utf-8")
+        block = text.split("# Example — TLS with client certificates", 1)[1].split("\n\n", 1)[0]
+        body = [line.strip()[2:] for line in block.splitlines()[3:] if line.strip().startswith("# ")]
+        for name, source in (("dicom.crt", "server.pem"), ("dicom.key", "server.key"), ("hospital-ca.pem", "ca.pem")):
+            shutil.copy(pem / source, tmp_path / name)
+        config = write_config(tmp_path, "dicom:\n" + textwrap.indent("\n".join(body).replace("/etc/sr2fhir/", ""),
+                                                                     "  ") + "\n")
+        dicom = load_settings(config, environ={}).dicom
+        assert dicom.tls.enabled and dicom.tls.require_client_certificate
+        assert dicom.tls.ca_certificates == tmp_path / "hospital-ca.pem"
+        assert [peer.ae_title for peer in dicom.allowed_peers] == ["PACS_ROUTER", "AI_NODE"]
