@@ -59,6 +59,9 @@ from pydantic import (
 from fhir_client import FhirSettings
 from mapping import MappingOptions
 
+from .audit import AuditSettings
+from .health import ReadinessSettings
+
 from . import dicom_tls
 
 __all__ = [
@@ -332,6 +335,7 @@ class HealthSettings(_Frozen):
 
     host: str = Field(default="127.0.0.1", min_length=1)
     port: _Port | None = None
+    readiness: ReadinessSettings = ReadinessSettings()
     worker_stale_after_s: _Seconds = 60.0
     """The worker's heartbeat unchanged this long withholds the systemd watchdog."""
 
@@ -346,6 +350,15 @@ class Settings(_Frozen):
     forwarder: ForwarderSettings = ForwarderSettings()
     log: LogSettings = LogSettings()
     health: HealthSettings = HealthSettings()
+    audit: AuditSettings = AuditSettings()
+
+    @field_validator("audit")
+    @classmethod
+    def _audit_to_fhir_needs_a_server(cls, value: AuditSettings, info: ValidationInfo) -> AuditSettings:
+        fhir = info.data.get("fhir")
+        if value.send_to_fhir and fhir is not None and fhir.base_url is None:
+            raise ValueError("send_to_fhir needs fhir.base_url (there is no FHIR server to send to)")
+        return value
 
     @field_validator("health")
     @classmethod

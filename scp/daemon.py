@@ -25,9 +25,20 @@ from pathlib import Path
 
 import structlog
 
+from .audit import AuditLog, AuditSource, AuditTrail
 from .config import Settings
 from .dicom_tls import server_ssl_context
-from .listener import ListenerPolicy, start_listener
+from .health import HealthServer, Readiness
+from .listener import ListenerPolicy, StoreObserver, start_listener
+from .metrics import (
+    CachedSpoolStatus,
+    DaemonMetrics,
+    SpoolBacklog,
+    WorkerMetricsStore,
+    build_registry,
+    metrics_directory,
+    render,
+)
 from .spool import Spool
 from .systemd import Health, Notifier, Sampler, ServiceMonitor, without_notify_env
 from .worker import PARENT_PID_ENV, heartbeat_path
@@ -63,6 +74,10 @@ class WorkerProcess:
         self._process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
         log.info("worker_spawned", pid=self._process.pid)
 
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
     def exited(self) -> int | None:
         """The exit status if the worker has ended, else None."""
         return None if self._process is None else self._process.poll()
@@ -91,6 +106,13 @@ def serve(settings: Settings, config_path: Path | None) -> int:
     writer = spool.writer()
     dicom = settings.dicom
     ssl_context = server_ssl_context(dicom.tls)  # before the try: an SSLError is an OSError too
+    worker_metrics = WorkerMetricsStore(metrics_directory(settings.spool.directory))
+    worker_metrics.reset()  # counters start at zero with each run; before the worker starts
+    daemon_metrics = DaemonMetrics()
+    audit_log = AuditLog(settings.audit.path) if settings.audit.path is not None else None
+    audit = (AuditTrail(audit_log, AuditSource(dicom.ae_title), include_phi=settings.audit.include_phi)
+             if audit_log is not None else None)
+    store_observers: list[StoreObserver] = [daemon_metrics, *([audit] if audit is not None else [])]
     try:
         listener = start_listener(
             host=dicom.host, port=dicom.port, ae_title=dicom.ae_title, writer=writer,
@@ -100,6 +122,7 @@ def serve(settings: Settings, config_path: Path | None) -> int:
             dimse_timeout_s=dicom.dimse_timeout_s, network_timeout_s=dicom.network_timeout_s,
             maximum_pdu_size=dicom.max_pdu_size, tcp_nodelay=dicom.tcp_nodelay,
             allowed_peers=dicom.allowed_peers, ssl_context=ssl_context, reject_associations_below_min_free=True,
+            store_observers=store_observers,
         )
     except OSError as exc:
         writer.close()
@@ -110,26 +133,55 @@ def serve(settings: Settings, config_path: Path | None) -> int:
     log.info("listener_started", host=dicom.host, port=listener.port, ae_title=dicom.ae_title,
              spool_directory=str(settings.spool.directory),
              target=str(settings.fhir.base_url) if settings.fhir.base_url else f"outbox {settings.fhir.outbox_directory}")
-    health = Health(listener_alive=_acceptor_alive(), heartbeat=heartbeat_path(settings.spool.directory),
+    listener_alive = _acceptor_alive()
+    health = Health(listener_alive=listener_alive, heartbeat=heartbeat_path(settings.spool.directory),
                     stale_after_s=settings.health.worker_stale_after_s)
+    endpoint: HealthServer | None = None
+    if settings.health.port is not None:
+        spool_status = CachedSpoolStatus(spool.status)
+        registry = build_registry(daemon_metrics, worker_metrics, SpoolBacklog(spool_status))
+        readiness = Readiness(settings.health.readiness, listener_up=listener_alive,
+                              fhir_contact=worker_metrics.fhir_contact, spool_status=spool_status,
+                              stopping=stop.is_set)
+        endpoint = HealthServer(settings.health.host, settings.health.port, readiness, lambda: render(registry))
+        try:
+            endpoint.start()
+        except OSError as exc:
+            listener.stop(drain_timeout_s=0)
+            writer.close()
+            log.error("health_endpoint_not_started", host=settings.health.host, port=settings.health.port,
+                      reason=str(exc))
+            print(f"sr2fhir: error: cannot listen on {settings.health.host}:{settings.health.port} "
+                  f"(health.host/health.port): {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        log.info("health_endpoint_started", host=settings.health.host, port=endpoint.port)
+    if audit is not None:
+        audit.application_started()
     monitor = ServiceMonitor(Notifier(), health, Sampler(lambda: _backlog(spool), STATUS_INTERVAL_S))
     worker = WorkerProcess(config_path)
     worker.start()
     monitor.worker_spawned()
     monitor.ready(f"listening on {dicom.host}:{listener.port}")
     try:
-        _supervise(worker, stop, monitor)
+        _supervise(worker, stop, monitor, worker_metrics, daemon_metrics)
     finally:
         monitor.stopping()
         log.info("daemon_stopping", active_associations=listener.active_associations)
         listener.stop(drain_timeout_s=DRAIN_TIMEOUT_S)
         worker.stop()
         writer.close()
+        if audit is not None:
+            audit.application_stopped()
+        if audit_log is not None:
+            audit_log.close()
+        if endpoint is not None:
+            endpoint.stop()  # last: /readyz answers 503 "shutting down" during the drain
         log.info("daemon_stopped", pending=spool.status().pending)
     return 0
 
 
-def _supervise(worker: WorkerProcess, stop: threading.Event, monitor: ServiceMonitor) -> None:
+def _supervise(worker: WorkerProcess, stop: threading.Event, monitor: ServiceMonitor,
+               worker_metrics: WorkerMetricsStore, daemon_metrics: DaemonMetrics) -> None:
     """Until the stop signal: restart the worker (with back-off) if it dies, and tick the
     monitor (watchdog, status) every ``monitor.tick_s``, also while a restart is pending."""
     failures = 0
@@ -142,11 +194,14 @@ def _supervise(worker: WorkerProcess, stop: threading.Event, monitor: ServiceMon
                 failures = 0
             delay = WORKER_RESTART_BACKOFF_S[min(failures, len(WORKER_RESTART_BACKOFF_S) - 1)]
             log.error("worker_exited", status=status, restart_in_s=delay)
+            if worker.pid is not None:
+                worker_metrics.process_exited(worker.pid)
             failures += 1
             restart_at = now + delay
         elif restart_at is not None and now >= restart_at:
             worker.restarts += 1
             worker.start()
+            daemon_metrics.worker_restarted()
             monitor.worker_spawned()
             started, restart_at = now, None
         monitor.tick(worker_running=restart_at is None)

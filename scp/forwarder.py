@@ -13,7 +13,7 @@ import asyncio
 import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from io import BytesIO
@@ -27,9 +27,11 @@ from structlog.contextvars import bound_contextvars
 from fhir_client import FhirClient, Outcome, SendResult
 from mapping import MappingError, MappingOptions, map_sr, serialize
 
+from .metrics import DeadLetterReason
 from .spool import SpoolConsumer, SpoolItem
 
-__all__ = ["Delivery", "OutboxDelivery", "FhirDelivery", "ForwarderStats", "run_forwarder", "process_item"]
+__all__ = ["Delivery", "DeliveryObserver", "OutboxDelivery", "FhirDelivery", "ForwarderStats", "run_forwarder",
+           "process_item"]
 
 log = structlog.get_logger()
 
@@ -41,6 +43,18 @@ class Delivery(Protocol):
     """Where Bundles go: a FHIR server, or the outbox folder."""
 
     async def deliver(self, bundle: dict[str, Any], sop_instance_uid: str) -> SendResult: ...
+
+
+class DeliveryObserver(Protocol):
+    """Told how each item was settled (:class:`scp.metrics.WorkerMetrics`,
+    :class:`scp.audit.AuditTrail`). Implementations never raise."""
+
+    def delivered(self, item: SpoolItem, sent: SendResult, bundle: dict[str, Any]) -> None: ...
+
+    def dead_lettered(self, item: SpoolItem, reason: DeadLetterReason, sent: SendResult | None = None,
+                      bundle: dict[str, Any] | None = None) -> None: ...
+
+    def deferred(self, item: SpoolItem, sent: SendResult | None = None) -> None: ...
 
 
 class OutboxDelivery:
@@ -140,6 +154,7 @@ async def process_item(
     options: MappingOptions,
     stop: asyncio.Event,
     stats: ForwarderStats,
+    observers: Sequence[DeliveryObserver] = (),
 ) -> None:
     """Map and deliver one spooled item and settle it; never raises for bad input."""
     with bound_contextvars(sop_instance_uid=item.sop_instance_uid, spool_id=item.id):
@@ -147,10 +162,12 @@ async def process_item(
         try:
             result = map_sr(pydicom.dcmread(BytesIO(item.read())), options)
         except MappingError as exc:
-            _dead_letter(consumer, item, stats, reason=f"mapping failed: {exc}")
+            _dead_letter(consumer, item, stats, reason=f"mapping failed: {exc}", kind="unmappable",
+                         observers=observers)
             return
         except Exception as exc:  # noqa: BLE001 - the per-item boundary: dead-letter, go on
-            _dead_letter(consumer, item, stats, reason=f"unreadable SR: {type(exc).__name__}: {str(exc)[:300]}")
+            _dead_letter(consumer, item, stats, reason=f"unreadable SR: {type(exc).__name__}: {str(exc)[:300]}",
+                         kind="unmappable", observers=observers)
             return
         for note in result.skipped:
             log.info("mapping_item_skipped", content_path=note.path, concept=note.concept, reason=note.reason)
@@ -159,24 +176,33 @@ async def process_item(
         except Exception as exc:  # noqa: BLE001 - e.g. outbox disk full: keep it pending
             log.error("bundle_deferred", reason=f"{type(exc).__name__}: {exc}")
             stats.deferred += 1
+            for observer in observers:
+                observer.deferred(item, None)
             return
         duration_ms = round((time.monotonic() - start) * 1000, 1)
         if sent.outcome is Outcome.DELIVERED:
             consumer.mark_delivered(item)
             stats.delivered += 1
+            for observer in observers:
+                observer.delivered(item, sent, result.bundle)
             log.info("bundle_delivered", attempts=sent.attempts, status_code=sent.status_code,
                      resources=len(result.bundle["entry"]), duration_ms=duration_ms)
         elif sent.outcome is Outcome.REJECTED:
-            _dead_letter(consumer, item, stats, reason=f"rejected by the FHIR server: {sent.diagnostics}", sent=sent)
+            _dead_letter(consumer, item, stats, reason=f"rejected by the FHIR server: {sent.diagnostics}", sent=sent,
+                         kind="rejected", bundle=result.bundle, observers=observers)
         elif stop.is_set():
             stats.deferred += 1  # interrupted by shutdown: stays pending for the next start
             log.info("bundle_deferred", attempts=sent.attempts, reason="shutdown")
+            for observer in observers:
+                observer.deferred(item, sent)
         else:
-            _dead_letter(consumer, item, stats, reason=f"retries exhausted: {sent.diagnostics}", sent=sent)
+            _dead_letter(consumer, item, stats, reason=f"retries exhausted: {sent.diagnostics}", sent=sent,
+                         kind="retries_exhausted", bundle=result.bundle, observers=observers)
 
 
 def _dead_letter(consumer: SpoolConsumer, item: SpoolItem, stats: ForwarderStats, *, reason: str,
-                 sent: SendResult | None = None) -> None:
+                 kind: DeadLetterReason, sent: SendResult | None = None, bundle: dict[str, Any] | None = None,
+                 observers: Sequence[DeliveryObserver] = ()) -> None:
     sidecar = {
         "reason": reason,
         "sop_instance_uid": item.sop_instance_uid,
@@ -190,6 +216,8 @@ def _dead_letter(consumer: SpoolConsumer, item: SpoolItem, stats: ForwarderStats
     }
     consumer.dead_letter(item, sidecar)
     stats.failed += 1
+    for observer in observers:
+        observer.dead_lettered(item, kind, sent, bundle)
     log.warning("bundle_rejected", reason=reason, status_code=sidecar["http_status"], attempts=sidecar["attempts"])
 
 
@@ -204,6 +232,7 @@ async def run_forwarder(
     batch_size: int = 32,
     on_idle: Callable[[], Awaitable[None]] | None = None,
     on_tick: Callable[[], None] | None = None,
+    observers: Sequence[DeliveryObserver] = (),
 ) -> ForwarderStats:
     """Forward until ``stop`` is set; in-flight items finish (or stay pending) before return.
 
@@ -217,7 +246,7 @@ async def run_forwarder(
     async def run(item: SpoolItem) -> None:
         deferred = stats.deferred
         try:
-            await process_item(item, consumer, delivery, options, stop, stats)
+            await process_item(item, consumer, delivery, options, stop, stats, observers)
         finally:
             if stats.deferred > deferred:
                 not_before[item.id] = time.monotonic() + DEFERRED_RETRY_S

@@ -262,12 +262,27 @@ def _peer_address(assoc: Association) -> str | None:
         return None
 
 
-def handle_store(event: evt.Event, writer: SpoolWriter, policy: ListenerPolicy) -> int:
+class StoreObserver(Protocol):
+    """Told each C-STORE answer (:class:`scp.metrics.DaemonMetrics`, :class:`scp.audit.AuditTrail`);
+    called in the association's thread, never raises."""
+
+    def store_answered(self, event: evt.Event, status: int) -> None: ...
+
+
+def handle_store(event: evt.Event, writer: SpoolWriter, policy: ListenerPolicy,
+                 observers: Sequence[StoreObserver] = ()) -> int:
     """EVT_C_STORE: check the dataset is a readable SR, spool it durably, then answer.
 
     Returns a C-STORE status; never raises (pynetdicom would turn an exception into a
-    generic failure and we want specific ones).
+    generic failure and we want specific ones). ``observers`` hear every answer.
     """
+    status = _store(event, writer, policy)
+    for observer in observers:
+        observer.store_answered(event, status)
+    return status
+
+
+def _store(event: evt.Event, writer: SpoolWriter, policy: ListenerPolicy) -> int:
     calling_ae = event.assoc.requestor.ae_title
     request_uid = str(event.request.AffectedSOPInstanceUID or "")
     try:
@@ -467,6 +482,7 @@ def start_listener(
     tcp_nodelay: bool = True,
     ssl_context: ssl.SSLContext | None = None,
     reject_associations_below_min_free: bool = False,
+    store_observers: Sequence[StoreObserver] = (),
 ) -> Listener:
     """Bind the SCP and serve in background threads; returns once the port is bound.
 
@@ -506,7 +522,7 @@ def start_listener(
     handlers: list = [
         (evt.EVT_REQUESTED, gate.on_requested),
         (evt.EVT_REJECTED, gate.on_rejected),
-        (evt.EVT_C_STORE, handle_store, [writer, policy]),
+        (evt.EVT_C_STORE, handle_store, [writer, policy, store_observers]),
     ]
     if tcp_nodelay:
         handlers.append((evt.EVT_CONN_OPEN, _set_tcp_nodelay))

@@ -22,9 +22,11 @@ import structlog
 
 from fhir_client import FhirClient
 
+from .audit import AuditLog, AuditShipper, AuditSource, AuditTrail
 from .config import ConfigError, Settings, load_settings
-from .forwarder import FhirDelivery, OutboxDelivery, run_forwarder
+from .forwarder import DeliveryObserver, FhirDelivery, OutboxDelivery, run_forwarder
 from .logs import configure_logging
+from .metrics import WorkerMetrics, metrics_directory
 from .spool import Spool, SpoolLockedError
 
 __all__ = ["main", "PARENT_PID_ENV", "Heartbeat", "heartbeat_path"]
@@ -86,12 +88,22 @@ async def forward(settings: Settings) -> int:
     except SpoolLockedError as exc:
         log.error("worker_not_started", reason=str(exc))
         return EXIT_LOCKED
+    metrics = WorkerMetrics(metrics_directory(settings.spool.directory))
+    observers: list[DeliveryObserver] = [metrics]
+    audit = settings.audit
+    audit_log = AuditLog(audit.path) if audit.path is not None else None
+    if audit_log is not None:
+        destination = (str(settings.fhir.base_url) if settings.fhir.base_url is not None
+                       else settings.fhir.outbox_directory.as_uri())
+        observers.append(AuditTrail(audit_log, AuditSource(settings.dicom.ae_title), destination=destination,
+                                    include_phi=audit.include_phi))
     try:
         forwarder: dict[str, Any] = {
             "concurrency": settings.forwarder.concurrency,
             "poll_interval_s": settings.forwarder.poll_interval_s,
             "batch_size": settings.forwarder.batch_size,
             "on_tick": Heartbeat(heartbeat_path(settings.spool.directory)).beat,
+            "observers": observers,
         }
         if settings.fhir.base_url is None:
             log.info("worker_started", target="outbox", outbox_directory=str(settings.fhir.outbox_directory))
@@ -99,12 +111,21 @@ async def forward(settings: Settings) -> int:
                                         stop, **forwarder)
         else:
             log.info("worker_started", target="fhir", base_url=str(settings.fhir.base_url))
-            async with FhirClient(settings.fhir, shutdown=stop) as client:
+            async with FhirClient(settings.fhir, shutdown=stop, sleep=metrics.wrap_sleep(asyncio.sleep)) as client:
+                shipping = None
+                if audit.send_to_fhir and audit.path is not None:
+                    shipper = AuditShipper(audit.path, batch_size=audit.send_batch_size)
+                    shipping = asyncio.create_task(shipper.run(client, stop, interval_s=audit.send_interval_s))
                 stats = await run_forwarder(consumer, FhirDelivery(client, settings.fhir.reference_mode),
                                             settings.mapping, stop, **forwarder)
+                if shipping is not None:
+                    await shipping
         log.info("worker_stopped", delivered=stats.delivered, failed=stats.failed, deferred=stats.deferred)
     finally:
         consumer.close()
+        metrics.close()
+        if audit_log is not None:
+            audit_log.close()
     return 0
 
 

@@ -318,7 +318,7 @@ class TestErrors:
         config = write_config(tmp_path, "- dicom\n- spool\n")
         assert problems_of(config) == [
             f"{config}: (top level): must be a mapping of sections "
-            "(dicom, spool, fhir, mapping, forwarder, log, health), not a list"
+            "(dicom, spool, fhir, mapping, forwarder, log, health, audit), not a list"
         ]
 
     def test_missing_explicit_file(self, tmp_path):

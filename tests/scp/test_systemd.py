@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from scp import daemon
+from scp.metrics import DaemonMetrics, WorkerMetricsStore, metrics_directory
 from scp.systemd import Health, Notifier, Sampler, ServiceMonitor, without_notify_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -361,6 +362,7 @@ class FakeWorker:
         self.status: int | None = None
         self.starts = 0
         self.restarts = 0
+        self.pid = 4242
 
     def exited(self) -> int | None:
         return self.status
@@ -391,12 +393,16 @@ class RecordingMonitor:
         self.spawned += 1
 
 
-def test_supervise_restarts_a_dead_worker_and_keeps_ticking_through_the_back_off():
+def test_supervise_restarts_a_dead_worker_and_keeps_ticking_through_the_back_off(tmp_path):
     stop = threading.Event()
     worker = FakeWorker()
     monitor = RecordingMonitor(worker, stop)
-    daemon._supervise(worker, stop, monitor)  # type: ignore[arg-type]
+    daemon_metrics = DaemonMetrics()
+    daemon._supervise(worker, stop, monitor, WorkerMetricsStore(metrics_directory(tmp_path)),  # type: ignore[arg-type]
+                      daemon_metrics)
     assert worker.starts == 1 and worker.restarts == 1 and monitor.spawned == 1
+    restarts = next(m for m in daemon_metrics.collect() if m.name == "sr2fhir_worker_restarts")
+    assert restarts.samples[0].value == 1
     # ticks went on while the restart was pending (1 s back-off at 0.01 s a tick), reported as not running
     waiting = monitor.ticks[1:monitor.ticks.index(True, 1)]
     assert len(waiting) >= 2 and not any(waiting)
