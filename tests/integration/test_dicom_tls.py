@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 from scp.config import load_settings
 from scp.dicom_tls import build_server_context, server_ssl_context
 from scp.listener import SUCCESS, Listener, start_listener
 from scp.spool import Spool, SpoolWriter
-from tests.daemon_process import REPO, DaemonProcess, write_config
-from tests.scp.test_listener_security import LOCALHOST, LogCapture, Scu, report
+from tests.daemon_process import DaemonProcess, write_config
+from tests.scp.test_listener_security import LOCALHOST, LogCapture, Scu, logs, report  # noqa: F401 - logs is a fixture
 
 pytestmark = pytest.mark.integration
 
@@ -99,17 +98,6 @@ def tls_settings(pki: Pki, **overrides: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- in-process listener
-
-
-@pytest.fixture
-def logs() -> Iterator[LogCapture]:
-    capture = LogCapture()
-    previous = structlog.get_config()
-    structlog.configure(processors=[capture])
-    try:
-        yield capture
-    finally:
-        structlog.configure(**previous)
 
 
 @pytest.fixture
