@@ -214,6 +214,7 @@ class AssociationGate:
                               f"too many associations (dicom.max_associations is {self._max_associations})")
         if (self._check_free_space and self._policy.min_free_bytes
                 and self._writer.free_bytes() < self._policy.min_free_bytes):
+            self._writer.release_space()  # let the consumer reclaim what is already delivered
             return _Rejection(_TRANSIENT, _SERVICE_PROVIDER_PRESENTATION, _TEMPORARY_CONGESTION,
                               "free disk space below spool.min_free_bytes")
         return None
@@ -304,6 +305,7 @@ def _store(event: evt.Event, writer: SpoolWriter, policy: ListenerPolicy) -> int
                         status=NOT_A_STRUCTURED_REPORT, reason="no SR content tree (Content Sequence)")
             return NOT_A_STRUCTURED_REPORT
         if policy.min_free_bytes and writer.free_bytes() < policy.min_free_bytes:
+            writer.release_space()
             log.error("sr_refused", calling_ae=calling_ae, sop_instance_uid=sop_instance_uid,
                       status=OUT_OF_RESOURCES, reason="free disk space below spool.min_free_bytes")
             return OUT_OF_RESOURCES
@@ -332,14 +334,49 @@ def _store(event: evt.Event, writer: SpoolWriter, policy: ListenerPolicy) -> int
         return PROCESSING_FAILURE
 
 
-def _set_tcp_nodelay(event: evt.Event) -> None:
-    """EVT_CONN_OPEN: without TCP_NODELAY every C-STORE response waits ~40 ms on delayed ACKs."""
-    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
-    if sock is not None:
-        try:
+# A peer may announce any PDU length; pynetdicom then reads (and buffers) all of it.
+UNLIMITED_PDU_CAP_BYTES = 64 * 1024 * 1024
+MIN_PDU_CAP_BYTES = 1024 * 1024
+
+
+def _guard_connection(event: evt.Event, tcp_nodelay: bool, network_timeout_s: float, max_pdu_size: int) -> None:
+    """EVT_CONN_OPEN: make a misbehaving peer cost a bounded time and memory.
+
+    - TCP_NODELAY: without it every C-STORE response waits ~40 ms on delayed ACKs.
+    - A socket timeout: pynetdicom reads a whole PDU in one blocking loop, so a peer that stops
+      in the middle of a PDU would hold its association slot forever (network_timeout_s and
+      acse_timeout_s are only checked between PDUs).
+    - A cap on the PDU length read: ``dicom.max_pdu_size`` (at least 1 MiB, 64 MiB when 0 =
+      unlimited); a peer announcing more is disconnected instead of buffered.
+    """
+    association_socket = event.assoc.dul.socket
+    sock = association_socket.socket if association_socket else None
+    if sock is None:
+        return
+    try:
+        if tcp_nodelay:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
+        sock.settimeout(network_timeout_s)
+    except OSError:
+        pass
+    cap = max(max_pdu_size, MIN_PDU_CAP_BYTES) if max_pdu_size else UNLIMITED_PDU_CAP_BYTES
+    receive = association_socket.recv
+
+    def capped_recv(nr_bytes: int) -> bytearray:
+        if nr_bytes > cap:
+            log.warning("association_aborted", peer_address=_peer(sock), reason=f"PDU of {nr_bytes} bytes announced, "
+                        f"over the {cap}-byte limit (dicom.max_pdu_size)")
+            raise OSError(f"PDU length {nr_bytes} over the limit of {cap} bytes")
+        return receive(nr_bytes)
+
+    association_socket.recv = capped_recv
+
+
+def _peer(sock: socket.socket) -> str | None:
+    try:
+        return str(sock.getpeername()[0])
+    except OSError:
+        return None
 
 
 _TLS_REASONS = {
@@ -524,7 +561,6 @@ def start_listener(
         (evt.EVT_REJECTED, gate.on_rejected),
         (evt.EVT_C_STORE, handle_store, [writer, policy, store_observers]),
     ]
-    if tcp_nodelay:
-        handlers.append((evt.EVT_CONN_OPEN, _set_tcp_nodelay))
+    handlers.append((evt.EVT_CONN_OPEN, _guard_connection, [tcp_nodelay, network_timeout_s, maximum_pdu_size]))
     listener._serve(host, port, handlers, ssl_context)
     return listener

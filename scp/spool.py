@@ -361,6 +361,8 @@ class SpoolWriter:
             try:
                 offset = segment.append(record)
             except OSError as exc:
+                if exc.errno in _FULL_ERRNOS:
+                    segment.broken = True  # the next put retires it, so its space can be reclaimed
                 raise _spool_error(exc, f"cannot append to journal segment {segment.path.name}") from exc
             self._extend_if_low(segment)
             item_id = _Layout.item_id(segment.path, offset)
@@ -393,6 +395,20 @@ class SpoolWriter:
         """Space left for unprivileged writers on the spool's file system."""
         stat = os.statvfs(self._layout.root)
         return stat.f_bavail * stat.f_frsize
+
+    def release_space(self) -> None:
+        """Retire the active segment now (cut off its zero tail, unlock it); for a full disk.
+
+        The consumer deletes a retired segment once every record in it is consumed; the next
+        put starts a new segment. Without this, a writer that keeps its segment open holds
+        space (records already delivered, preallocated zeros) until it rolls over or closes.
+        """
+        with self._cond:
+            while self._syncing or (self._segment is not None and self._segment.extending):
+                self._cond.wait()
+            if self._segment is not None and not self._closed:
+                self._retire(self._segment)
+                log.info("spool_segment_released", reason="spool file system full or under its reserve")
 
     def close(self) -> None:
         """Close the active segment (deleting it if empty, else cutting off its zero tail); idempotent."""

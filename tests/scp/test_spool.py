@@ -893,7 +893,9 @@ def test_full_disk_raises_spool_full_and_the_spool_recovers(tiny_tmpfs: Path, ch
         assert [item.read() for item in items] == [payload(uid, 100 * 1024) for uid in stored]
         filler.unlink()  # the operator frees space
         writer.put(fields("2.0"), payload("2.0", 100 * 1024))
-        assert len(segments(spool.directory)) == 1  # same segment: no half record was left in it
+        # The full segment was retired (so its space can be reclaimed once consumed); the
+        # put went to a new one, and nothing of the failed record reads as a record.
+        assert len(segments(spool.directory)) == 2
         assert uids(consumer.pending()) == [*stored, "2.0"]
 
 
@@ -932,7 +934,8 @@ def test_failed_write_leaves_no_half_record(tmp_path: Path, monkeypatch: pytest.
     writer.put(fields("1.3"), payload("1.3"))
     with spool.consumer() as consumer:
         assert uids(consumer.pending()) == ["1.1", "1.3"]
-    assert len(segments(spool.directory)) == 1
+    assert len(segments(spool.directory)) == 2  # after ENOSPC the writer rolls to a new segment
+    assert tail_garbage(segment) == 0
     writer.close()
 
 
@@ -1220,3 +1223,17 @@ SpoolMachine.TestCase.settings = settings(
 SmallChunkSpoolMachine.TestCase.settings = SpoolMachine.TestCase.settings
 test_spool_never_loses_an_instance = SpoolMachine.TestCase
 test_spool_never_loses_an_instance_with_small_preallocation_chunks = SmallChunkSpoolMachine.TestCase
+
+
+def test_release_space_retires_the_active_segment_so_a_consumed_one_is_deleted(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    with spool.writer() as writer, spool.consumer() as consumer:
+        writer.put(fields("1.1"), payload("1.1"))
+        [item] = consumer.pending()
+        consumer.mark_delivered(item)
+        assert len(segments(spool.directory)) == 1  # the writer still holds it
+        writer.release_space()
+        assert consumer.pending() == []
+        assert segments(spool.directory) == []  # consumed and released: deleted
+        writer.put(fields("1.2"), payload("1.2"))  # a new segment
+        assert uids(consumer.pending()) == ["1.2"]
