@@ -191,11 +191,10 @@ def read_concept(item: Dataset | RawItem | None) -> Concept | None:
     """A :class:`Concept` from a code sequence item, or None when it has no code."""
     if item is None:
         return None
-    value = _get(item, _CODE_VALUE) or _get(item, _LONG_CODE_VALUE) or _get(item, _URN_CODE_VALUE)
-    scheme = _get(item, _CODING_SCHEME)
-    if not value or not scheme:
-        return None
-    value, scheme = as_text(value), as_text(scheme)
+    # Not ``a or b``: a (wrong-VR) numeric zero is falsy, and would be skipped only on one path.
+    value = next((v for v in (_get(item, tag) for tag in (_CODE_VALUE, _LONG_CODE_VALUE, _URN_CODE_VALUE))
+                  if v is not None and v != ""), None)
+    value, scheme = as_text(value), as_text(_get(item, _CODING_SCHEME))
     if not value or not scheme:
         return None
     if scheme == "SRT" and value in _SNOMED["SRT"]:

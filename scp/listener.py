@@ -47,6 +47,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from mapping import SR_STORAGE_SOP_CLASSES
 
+from .association_log import AssociationLog
 from .part10 import part10_bytes
 from .spool import RecordFields, SpoolError, SpoolFullError, SpoolWriter
 
@@ -555,11 +556,13 @@ def start_listener(
     for sop_class in sorted(SR_STORAGE_SOP_CLASSES):
         ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
+    associations = AssociationLog()
     listener = Listener(ae)
     handlers: list = [
         (evt.EVT_REQUESTED, gate.on_requested),
         (evt.EVT_REJECTED, gate.on_rejected),
-        (evt.EVT_C_STORE, handle_store, [writer, policy, store_observers]),
+        (evt.EVT_C_STORE, handle_store, [writer, policy, [*store_observers, associations]]),
+        *associations.handlers(),
     ]
     handlers.append((evt.EVT_CONN_OPEN, _guard_connection, [tcp_nodelay, network_timeout_s, maximum_pdu_size]))
     listener._serve(host, port, handlers, ssl_context)

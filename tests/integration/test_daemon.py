@@ -210,3 +210,12 @@ def test_the_same_sop_instance_received_twice_is_delivered_idempotently(daemon, 
     assert send(daemon.port, ds, ds) == [0x0000, 0x0000]
     delivered(daemon, ds.SOPInstanceUID)
     assert [p.name for p in (tmp_path / "outbox").iterdir()] == [f"{ds.SOPInstanceUID}.json"]
+
+
+def test_one_canonical_line_per_association(daemon):
+    first, second = report("assoc-a"), report("assoc-b")
+    assert send(daemon.port, first, second, calling="MODALITY") == [0x0000, 0x0000]
+    closed = daemon.wait_for("association_closed")
+    assert closed["calling_ae"] == "MODALITY" and closed["peer_address"] == "127.0.0.1"
+    assert closed["ended"] == "released" and closed["stores"] == 2 and closed["refused"] == 0
+    assert closed["duration_ms"] >= 0
