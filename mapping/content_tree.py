@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Iterable, Iterator
+from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
 from typing import Any
 
@@ -371,6 +372,10 @@ def _get(ds: Dataset | RawItem, tag: int) -> Any:
 
 def _first_item(ds: Dataset | RawItem, tag: int) -> Dataset | RawItem | None:
     seq = _get(ds, tag)
+    if seq is None:
+        return None
+    if isinstance(seq, (str, bytes)) or not isinstance(seq, SequenceABC):  # a wrong VR: not a sequence
+        raise TypeError(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) is not a sequence")
     if not seq:
         return None
     item = seq[0]

@@ -229,7 +229,10 @@ def _raw(tag: int, vr: str, data: bytes) -> Callable[[Dataset], None]:
 def _set_value(tag: int, value: Any) -> Callable[[Dataset], None]:
     """Keep the element's VR, swap the value for one it should never hold."""
     def change(ds: Dataset) -> None:
-        ds[tag] = DataElement(tag, ds[tag].VR, value, validation_mode=pydicom_config.IGNORE)
+        try:
+            ds[tag] = DataElement(tag, ds[tag].VR, value, validation_mode=pydicom_config.IGNORE)
+        except (AttributeError, TypeError, ValueError):
+            reject()  # pydicom refuses to even build such an element (e.g. PN from an int)
     return change
 
 
