@@ -27,7 +27,7 @@ from scp.dicom_tls import build_server_context, server_ssl_context
 from scp.listener import SUCCESS, Listener, start_listener
 from scp.spool import Spool, SpoolWriter
 from tests.daemon_process import DaemonProcess, write_config
-from tests.scp.test_listener_security import LOCALHOST, LogCapture, Scu, logs, report  # noqa: F401 - logs is a fixture
+from tests.scp.test_listener_security import LOCALHOST, LogCapture, Scu, logs, report, writer  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
 
@@ -98,13 +98,6 @@ def tls_settings(pki: Pki, **overrides: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- in-process listener
-
-
-@pytest.fixture
-def writer(tmp_path: Path) -> Iterator[SpoolWriter]:
-    spool_writer = Spool(tmp_path / "spool").writer()
-    yield spool_writer
-    spool_writer.close()
 
 
 @pytest.fixture
