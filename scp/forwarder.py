@@ -95,8 +95,9 @@ class FhirDelivery:
 
     With ``reference_mode="resolve"``, logical references (``type`` + ``identifier``: Patient,
     ImagingStudy, ServiceRequest) become literal ones when the server holds exactly one
-    match; the client caches the look-ups. This happens before the first attempt, so every
-    retry sends the same bytes.
+    match for ``system|value``; the client caches the look-ups. Identifiers without a
+    ``system`` are never looked up (see :func:`resolve_logical_references`). This happens
+    before the first attempt, so every retry sends the same bytes.
     """
 
     def __init__(self, client: FhirClient, reference_mode: str = "logical") -> None:
@@ -110,11 +111,25 @@ class FhirDelivery:
 
 
 async def resolve_logical_references(bundle: dict[str, Any], client: FhirClient) -> None:
-    """Add ``reference: Type/id`` to every logical reference the server can resolve uniquely."""
-    resolved: dict[tuple[str, str | None, str], str | None] = {}
+    """Add ``reference: Type/id`` to every logical reference the server can resolve uniquely.
+
+    A reference whose identifier has no ``system`` (e.g. a Patient ID whose issuer is not a
+    URI, kept only in ``identifier.assigner``) stays logical and is not searched for: the
+    value alone could match another issuer's patient. One ``reference_left_logical`` line
+    is logged per distinct such identifier in the Bundle.
+    """
+    resolved: dict[tuple[str, str, str], str | None] = {}
+    left_logical: set[tuple[str, Any]] = set()
     for reference in _logical_references(bundle):
         identifier = reference["identifier"]
-        key = (reference["type"], identifier.get("system"), identifier["value"])
+        system = identifier.get("system")
+        if not isinstance(system, str) or not system:
+            unresolved = (reference["type"], identifier["value"])
+            if unresolved not in left_logical:
+                left_logical.add(unresolved)
+                log.info("reference_left_logical", resource_type=reference["type"], reason="identifier has no system")
+            continue
+        key = (reference["type"], system, identifier["value"])
         if key not in resolved:
             try:
                 resolved[key] = await client.resolve_reference(*key)

@@ -25,7 +25,7 @@ def test_closed_client_raises_for_every_call():
         calls = [
             lambda: client.send(transaction_bundle()),
             client.get_metadata,
-            lambda: client.resolve_reference("Patient", None, "1"),
+            lambda: client.resolve_reference("Patient", "urn:oid:1.2.3.4", "1"),
         ]
         for call in calls:
             with pytest.raises(ClientClosedError):

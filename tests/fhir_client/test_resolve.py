@@ -97,10 +97,19 @@ def test_cache_key_includes_system_and_value():
     assert len(server.requests) == 3
 
 
-def test_search_token_is_escaped_and_system_may_be_absent():
+def test_search_token_is_escaped():
     server = SearchServer(fhir_json(200, searchset("123")))
-    resolve_twice(server, system=None, value="a|b,c$d\\e")
-    assert server.requests[0].url.params["identifier"] == "a\\|b\\,c\\$d\\\\e"
+    resolve_twice(server, system="urn:x|y", value="a|b,c$d\\e")
+    assert server.requests[0].url.params["identifier"] == "urn:x\\|y|a\\|b\\,c\\$d\\\\e"
+
+
+@pytest.mark.parametrize("system", [None, ""])
+def test_missing_system_is_refused_and_nothing_is_searched(system):
+    # A value alone could match another issuer's patient with the same ID.
+    server = SearchServer(fhir_json(200, searchset("123")))
+    with pytest.raises(ValueError, match="system is required"):
+        resolve_twice(server, system=system)
+    assert server.requests == []
 
 
 def test_transient_error_is_retried():
