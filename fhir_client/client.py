@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import re
 import time
 from collections import OrderedDict
@@ -22,6 +21,7 @@ from types import TracebackType
 from typing import Any, Self, TypeGuard
 
 import httpx
+import simplejson
 
 from .auth import build_auth
 from .errors import ClientClosedError, UnexpectedResponseError
@@ -138,7 +138,10 @@ class FhirClient:
             raise ValueError("send() takes a FHIR Bundle resource as a dict")
         if bundle.get("type") != "transaction":
             raise ValueError(f"send() takes a transaction Bundle, not type {bundle.get('type')!r}")
-        content = json.dumps(bundle, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        # simplejson writes a Decimal as a number with its own digits: FHIR decimals keep their precision.
+        content = simplejson.dumps(
+            bundle, separators=(",", ":"), ensure_ascii=False, allow_nan=False, use_decimal=True,
+        ).encode()
 
         async def post_once() -> httpx.Response:
             return await self._http.post(self._base_url, content=content, headers=_TRANSACTION_HEADERS)
@@ -169,28 +172,33 @@ class FhirClient:
 
     # -- reference lookup --------------------------------------------------------
 
-    async def resolve_reference(self, resource_type: str, system: str | None, value: str) -> str | None:
+    async def resolve_reference(self, resource_type: str, system: str, value: str) -> str | None:
         """Find the one ``resource_type`` with identifier ``system|value``; return ``"Type/id"``.
 
         Searches ``GET [base]/{type}?identifier=system|value&_elements=id&_count=2``
         under the retry policy. Returns ``None`` when no resource or more than one
-        matches (the caller then keeps a logical reference). With ``system=None`` any
-        system matches. Found references are cached on this client (bounded, least
-        recently used evicted); misses are not, so a resource created later is found.
-        Raises the last transport error or :class:`TokenRequestError` when retrying
-        ended without an answer, and :class:`UnexpectedResponseError` for any other
-        non-searchset answer.
+        matches (the caller then keeps a logical reference). ``system`` is required:
+        ``None`` or ``""`` raises :class:`ValueError` and nothing is sent, because a
+        value searched across all systems could match another issuer's resource (e.g.
+        another hospital's patient with the same ID). Found references are cached on
+        this client (bounded, least recently used evicted); misses are not, so a
+        resource created later is found. Raises the last transport error or
+        :class:`TokenRequestError` when retrying ended without an answer, and
+        :class:`UnexpectedResponseError` for any other non-searchset answer.
         """
         self._check_usable()
         if not _RESOURCE_TYPE.fullmatch(resource_type):
             raise ValueError(f"not a FHIR resource type name: {resource_type!r}")
+        if not isinstance(system, str) or not system:
+            raise ValueError(f"an identifier system is required to resolve a {resource_type} reference, "
+                             f"got {system!r}: a value alone could match another issuer's resource")
         key = (resource_type, system, value)
         cached = self._references.get(key)
         if cached is not None:
             self._references.move_to_end(key)
             return cached
 
-        token = _escape_search(value) if system is None else f"{_escape_search(system)}|{_escape_search(value)}"
+        token = f"{_escape_search(system)}|{_escape_search(value)}"
         params = {"identifier": token, "_elements": "id", "_count": "2"}
         url = f"{self._base_url}/{resource_type}"
 

@@ -1,11 +1,11 @@
-"""IG ``dicom-sr-finding-site`` BodyStructure from a group's Finding Site and tracking ids."""
+"""IG ``dicom-sr-finding-site`` BodyStructure from a group's Finding Sites and tracking ids."""
 
 from __future__ import annotations
 
 from . import concepts
 from .content_tree import ContentNode
 from .context import ReportContext
-from .ids import shared_id
+from .ids import content_id
 from .profiles import fixed, profile_url
 from .references import uid_identifier_value
 
@@ -16,44 +16,57 @@ def finding_site(node: ContentNode, ctx: ReportContext) -> str | None:
     """IG ``dicom-sr-finding-site``; SCT 363698007 + DCM 112039/112040; TID 300/1419/1410/1411/1501.
 
     Made whenever the node has a Finding Site (as the IG's worked example does, with or
-    without laterality); shared between reports through the Tracking UID. Returns the fullUrl,
-    or None when there is no Finding Site.
+    without laterality). Every Finding Site becomes one ``includedStructure`` (1..*) with its
+    own laterality and topographical modifiers (its HAS CONCEPT MOD children); a laterality or
+    modifier beside the sites applies to each site that has none of its own. With a Tracking
+    UID the resource is shared between reports, keyed on its whole content (``ids.content_id``).
+    Returns the fullUrl, or None when there is no Finding Site.
     """
-    site = node.first(concepts.FINDING_SITE, "CODE")
+    sites = [child for child in node.children if child.key == concepts.FINDING_SITE and child.value_type == "CODE"]
     tracking_id = node.first(concepts.TRACKING_IDENTIFIER, "TEXT")
     tracking_uid = node.first(concepts.TRACKING_UID, "UIDREF")
-    if site is None:
-        if tracking_id or tracking_uid:
-            ctx.note(node, "tracking identifiers without a Finding Site: no BodyStructure (it needs a structure)")
+    if not sites:
+        for tracking in (tracking_id, tracking_uid):
+            if tracking is not None:
+                ctx.note(tracking, "tracking identifier without a Finding Site: no BodyStructure (it needs a structure)")
         return None
-    structure: dict = {"structure": ctx.codes.codeable_concept(site.value)}
-    laterality = site.first(concepts.LATERALITY, "CODE") or node.first(concepts.LATERALITY, "CODE")
-    if laterality is not None:
-        structure["laterality"] = ctx.codes.codeable_concept(laterality.value)
-    modifiers = [m for m in site.children if m.key == concepts.TOPOGRAPHICAL_MODIFIER and m.value_type == "CODE"]
-    modifiers += [m for m in node.all(concepts.TOPOGRAPHICAL_MODIFIER) if m.value_type == "CODE"]
-    if modifiers:
-        structure["qualifier"] = [ctx.codes.codeable_concept(m.value) for m in modifiers]
+    shared_laterality = node.first(concepts.LATERALITY, "CODE")
+    shared_modifiers = _modifiers(node)
+    structures = []
+    for site in sites:
+        structure: dict = {"structure": ctx.codes.codeable_concept(site.value)}
+        laterality = site.first(concepts.LATERALITY, "CODE") or shared_laterality
+        if laterality is not None:
+            structure["laterality"] = ctx.codes.codeable_concept(laterality.value)
+        modifiers = _modifiers(site) or shared_modifiers
+        if modifiers:
+            structure["qualifier"] = [ctx.codes.codeable_concept(m.value) for m in modifiers]
+        for child in site.children:
+            if child.key not in (concepts.LATERALITY, concepts.TOPOGRAPHICAL_MODIFIER):
+                ctx.note(child, f"{child.value_type} under a Finding Site is not mapped (BodyStructure has no place for it)")
+        structures.append(structure)
 
     identifiers = []
-    natural = None
     if tracking_id is not None:
         identifiers.append({"type": {"coding": [fixed.TRACKING_IDENTIFIER]}, "value": tracking_id.value})
     if tracking_uid is not None:
-        natural = {
+        identifiers.append({
             "type": {"coding": [fixed.TRACKING_UID]},
             "system": "urn:dicom:uid",
             "value": uid_identifier_value(tracking_uid.value),
-        }
-        identifiers.append(natural)
-    resource_id = shared_id("finding-site", tracking_uid.value) if tracking_uid else ctx.id_for(node, "finding-site")
+        })
     resource: dict = {
         "resourceType": "BodyStructure",
-        "id": resource_id,
+        "id": "",
         "meta": {"profile": [profile_url("dicom-sr-finding-site")]},
     }
     if identifiers:
         resource["identifier"] = identifiers
-    resource["includedStructure"] = [structure]
+    resource["includedStructure"] = structures
     resource["patient"] = ctx.subject
-    return ctx.bundle.add(resource, natural_identifier=natural)
+    resource["id"] = content_id("finding-site", resource) if tracking_uid else ctx.id_for(node, "finding-site")
+    return ctx.bundle.add(resource)
+
+
+def _modifiers(node: ContentNode) -> list[ContentNode]:
+    return [m for m in node.all(concepts.TOPOGRAPHICAL_MODIFIER) if m.value_type == "CODE"]

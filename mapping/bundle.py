@@ -2,32 +2,39 @@
 
 Every entry has a ``urn:uuid:`` fullUrl built from the resource's deterministic id, so
 entries reference each other inside the transaction. ``put`` mode writes ``PUT Type/<id>``;
-``conditional`` mode writes ``POST`` with ``ifNoneExist`` on an identifier: the resource's
-natural one (Tracking UID, Device UID) or, failing that, the deterministic id as a
-``urn:ietf:rfc:3986`` identifier, so both modes key a resource on the same identity.
+``conditional`` mode writes ``POST`` with ``ifNoneExist`` on the deterministic id as a
+``urn:ietf:rfc:3986`` identifier, so both modes key a resource on the same identity (shared
+resources' ids are keyed on their content: ``ids.content_id``).
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 
+import simplejson
+
+from .errors import MappingError
 from .ids import NAMESPACE
 from .options import WriteMode
 
-__all__ = ["BundleBuilder", "URI_SYSTEM", "serialize"]
+__all__ = ["BundleBuilder", "ConflictingResources", "URI_SYSTEM", "serialize"]
 
 URI_SYSTEM = "urn:ietf:rfc:3986"
 
 
-class BundleBuilder:
-    """Accumulates entries in creation order; the first resource added under an id wins."""
+class ConflictingResources(MappingError):
+    """Two different resources came out under one id: never let one overwrite the other."""
 
-    __slots__ = ("_write_mode", "_entries")
+
+class BundleBuilder:
+    """Accumulates entries in creation order; a resource added again must be identical."""
+
+    __slots__ = ("_write_mode", "_entries", "_ids")
 
     def __init__(self, write_mode: WriteMode = "put") -> None:
         self._write_mode = write_mode
         self._entries: dict[str, dict] = {}
+        self._ids: dict[str, str] = {}
 
     def __contains__(self, full_url: str) -> bool:
         return full_url in self._entries
@@ -35,37 +42,44 @@ class BundleBuilder:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, resource: dict, *, natural_identifier: dict | None = None) -> str:
+    def add(self, resource: dict, *, key_identifier: dict | None = None) -> str:
         """Add ``resource`` (which has ``resourceType`` and ``id``); return its fullUrl.
 
-        ``natural_identifier`` must be one of ``resource["identifier"]``; conditional mode
-        keys ``ifNoneExist`` on it.
+        Adding a resource whose id is already in the Bundle is fine when it is the same
+        resource; a different one raises :class:`ConflictingResources`. ``key_identifier``
+        (one of the resource's identifiers) is what conditional mode keys on instead of adding
+        the deterministic id, for profiles that allow only one identifier (the Devices).
         """
         resource_id = resource["id"]
+        resource_type = resource["resourceType"]
         if self._write_mode == "put":
             full_url = f"urn:uuid:{resource_id}"
+            request = {"method": "PUT", "url": f"{resource_type}/{resource_id}"}
         else:
             # Not the identifier's own value: some servers rewrite every string equal to a
             # fullUrl in a transaction, not only references, which would corrupt the key.
             full_url = f"urn:uuid:{uuid.uuid5(NAMESPACE, f'entry|{resource_id}')}"
-        if full_url in self._entries:
-            return full_url
-        resource_type = resource["resourceType"]
-        if self._write_mode == "put":
-            request = {"method": "PUT", "url": f"{resource_type}/{resource_id}"}
-        else:
-            identifier = natural_identifier
-            if identifier is None:
-                identifier = {"system": URI_SYSTEM, "value": f"urn:uuid:{resource_id}"}
-                resource.setdefault("identifier", []).append(identifier)
-            del resource["id"]
+            identifier = key_identifier or {"system": URI_SYSTEM, "value": f"urn:uuid:{resource_id}"}
+            resource = {key: value for key, value in resource.items() if key != "id"}
+            if key_identifier is None:
+                resource["identifier"] = [*resource.get("identifier", ()), identifier]
             request = {
                 "method": "POST",
                 "url": resource_type,
                 "ifNoneExist": f"identifier={identifier['system']}|{identifier['value']}",
             }
+        existing = self._entries.get(full_url)
+        if existing is not None:
+            if existing["resource"] != resource:
+                raise ConflictingResources(f"two different {resource_type} resources were made with id {resource_id}")
+            return full_url
         self._entries[full_url] = {"fullUrl": full_url, "resource": resource, "request": request}
+        self._ids[full_url] = resource_id
         return full_url
+
+    def id_of(self, full_url: str) -> str:
+        """The deterministic id of the entry at ``full_url`` (the same in both write modes)."""
+        return self._ids[full_url]
 
     def build(self) -> dict:
         """The transaction Bundle as a plain JSON-able dict."""
@@ -73,6 +87,12 @@ class BundleBuilder:
 
 
 def serialize(bundle: dict, *, indent: int | None = None) -> bytes:
-    """UTF-8 JSON of a Bundle; deterministic (insertion order, no timestamps)."""
+    """UTF-8 JSON of a Bundle; deterministic (insertion order, no timestamps).
+
+    Measured values are :class:`~decimal.Decimal` and are written with their own digits
+    (simplejson does that; the stdlib's json cannot write a Decimal as a number).
+    """
     separators = (",", ":") if indent is None else (",", ": ")
-    return json.dumps(bundle, ensure_ascii=False, indent=indent, separators=separators).encode("utf-8")
+    return simplejson.dumps(
+        bundle, ensure_ascii=False, indent=indent, separators=separators, use_decimal=True, allow_nan=False,
+    ).encode("utf-8")

@@ -47,6 +47,7 @@ TOPOGRAPHICAL_MODIFIER = key(codes.SCT.TopographicalModifier)
 MEASUREMENT_METHOD = key(codes.SCT.MeasurementMethod)
 GEOMETRIC_PURPOSE = key(codes.DCM.GeometricPurposeOfRegion)
 TIME_POINT = ("DCM", "126070")  # TID 1502 "Subject Time Point Identifier"
+TIME_POINT_UMLS = ("UMLS", "C2348792")  # "Time Point" as dcmqi and TID 1411 examples write it
 
 # Image references and regions (TID 1410 / 1411 / 1501)
 IMAGE_REGION = key(codes.DCM.ImageRegion)
@@ -72,5 +73,12 @@ ALGORITHM_ITEMS = frozenset({ALGORITHM_NAME, ALGORITHM_VERSION, ALGORITHM_PARAME
 # "Imaging Measurement Group Relationship").
 NOT_QUALITATIVE = frozenset({
     TRACKING_IDENTIFIER, FINDING, GEOMETRIC_PURPOSE, ACTIVITY_SESSION, FINDING_CATEGORY,
-    FINDING_SITE, MEASUREMENT_METHOD, LATERALITY, TOPOGRAPHICAL_MODIFIER, TIME_POINT,
+    FINDING_SITE, MEASUREMENT_METHOD, LATERALITY, TOPOGRAPHICAL_MODIFIER, TIME_POINT, TIME_POINT_UMLS,
 }) | ALGORITHM_ITEMS
+
+# Children of a measurement or evaluation that other builders map (algorithm Device, method,
+# BodyStructure); anything else under it is a component or a note.
+ITEM_CONTEXT = ALGORITHM_ITEMS | {MEASUREMENT_METHOD, FINDING_SITE, LATERALITY, TOPOGRAPHICAL_MODIFIER}
+
+# Value types that ``selections.group_selections`` maps or notes.
+SELECTION_VALUE_TYPES = frozenset({"IMAGE", "COMPOSITE", "SCOORD", "SCOORD3D", "WAVEFORM"})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import struct
+from decimal import Decimal, InvalidOperation
 from collections.abc import Iterable, Iterator
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
@@ -86,9 +87,14 @@ _URN_CODE_VALUE = 0x00080120
 
 @dataclass(frozen=True, slots=True)
 class NumValue:
-    """NUM: the numeric value (None when absent), its units and an optional qualifier."""
+    """NUM: the numeric value (None when absent), its units and an optional qualifier.
 
-    value: float | None
+    A Numeric Value (DS) is a :class:`~decimal.Decimal` with the digits the SR wrote ("19.80"
+    stays 19.80, "-778" stays -778): in FHIR a decimal's precision is significant. A Floating
+    Point Value (FD) is a float.
+    """
+
+    value: Decimal | float | None
     unit: Concept | None
     qualifier: Concept | None = None
 
@@ -290,10 +296,20 @@ def _num(item: Dataset | RawItem) -> tuple[Any, str | None]:
     if number is None or number == "":
         value = None
     else:
-        value = float(str(number)) if not isinstance(number, float) else number
-        if not math.isfinite(value):
+        value = number if type(number) is float else _decimal(number)  # FD is a float; DS is text
+        if value is None or not math.isfinite(value):
             return None, f"Numeric Value {number!s} is not a finite number"
     return NumValue(value, read_concept(_first_item(measured, _UNITS)), qualifier), None
+
+
+def _decimal(number: Any) -> Decimal | None:
+    """A DS value as a Decimal with its own digits; None when it is not a number."""
+    if isinstance(number, (list, tuple)):
+        raise ValueError(f"Numeric Value has {len(number)} values, one expected")
+    try:
+        return Decimal(str(number).strip())
+    except InvalidOperation:
+        return None
 
 
 def _uidref(item: Dataset | RawItem) -> tuple[Any, str | None]:

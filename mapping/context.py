@@ -8,7 +8,7 @@ from datetime import tzinfo
 from .bundle import BundleBuilder
 from .coding import CodingSystems
 from .content_tree import ContentNode
-from .dates import to_instant
+from .dates import Timing, to_timing
 from .errors import Skipped
 from .ids import report_scoped_id
 from .options import MappingOptions
@@ -35,7 +35,7 @@ class ReportContext:
     study_uid: str
     subject: dict
     service_request: dict | None
-    document_issued: str
+    document_timing: Timing
     document_zone: tzinfo
     status: str
     evidence: dict[str, Evidence]
@@ -57,14 +57,18 @@ class ReportContext:
         """Deterministic id of the ``kind`` resource made from ``node`` of this SR."""
         return report_scoped_id(self.sop_instance_uid, node.path, kind)
 
-    def issued(self, node: ContentNode, inherited: str | None = None) -> str:
-        """Observation DateTime (0040,A032) of ``node`` as an instant, else ``inherited``/the document's."""
+    def timing(self, node: ContentNode, inherited: Timing) -> Timing:
+        """The node's Observation DateTime (0040,A032), else ``inherited`` (its nearest ancestor's).
+
+        PS3.3 C.17.3: an item without an Observation DateTime takes its parent's, and the
+        root's is the Content Date/Time, so callers pass the parent's timing down the tree.
+        """
         if node.observation_datetime:
-            instant = to_instant(node.observation_datetime, self.document_zone)
-            if instant is not None:
-                return instant
+            timing = to_timing(node.observation_datetime, self.document_zone, self.document_timing.issued)
+            if timing is not None:
+                return timing
             self.note(node, f"Observation DateTime {node.observation_datetime!r} unreadable; used the parent's time")
-        return inherited or self.document_issued
+        return inherited
 
     def imaging_study(self, study_uid: str | None = None) -> dict:
         """Logical reference to the ImagingStudy (this SR's study unless another is given)."""

@@ -1,12 +1,25 @@
-"""DICOM DA / TM / DT -> FHIR ``instant`` (seconds and a zone are mandatory there)."""
+"""DICOM DA / TM / DT -> FHIR ``dateTime`` (keeps the source's precision) and ``instant``.
+
+An ``instant`` needs seconds and a zone; a ``dateTime`` may stop at the year, month or day,
+and needs seconds and a zone only once it has a time.
+"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo
 
-__all__ = ["to_instant", "parse_offset", "zone"]
+__all__ = ["Timing", "to_instant", "to_timing", "parse_offset", "zone"]
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """When an observation was made (``effectiveDateTime``) and when it was issued (``issued``)."""
+
+    effective: str
+    issued: str
 
 _DT = re.compile(
     r"^(?P<Y>\d{4})(?P<m>\d{2})?(?P<d>\d{2})?(?P<H>\d{2})?(?P<M>\d{2})?(?P<S>\d{2})?"
@@ -58,3 +71,30 @@ def to_instant(dicom_datetime: str, default_zone: tzinfo) -> str | None:
     moment = moment.replace(tzinfo=offset or default_zone)
     return moment.isoformat(timespec="milliseconds" if fraction else "seconds")
 
+
+
+def to_timing(dicom_datetime: str, default_zone: tzinfo, issued_fallback: str) -> Timing | None:
+    """A DICOM DT as ``effectiveDateTime`` with the precision it has, plus an ``issued`` instant.
+
+    "2024" stays "2024" and "202403" becomes "2024-03": a dateTime may be partial, and inventing
+    January 1st at midnight would state a precision the SR never had. A value with a time
+    becomes a full instant (FHIR needs seconds once there is a time, so missing minutes and
+    seconds are 0). ``issued`` is an instant: it takes the value when it has a time, else
+    ``issued_fallback`` (the document's Content Date/Time). None when unreadable.
+    """
+    match = _DT.match(dicom_datetime.strip().replace(":", ""))
+    if not match:
+        return None
+    parts = match.groupdict()
+    if parts["H"]:
+        instant = to_instant(dicom_datetime, default_zone)
+        return Timing(instant, instant) if instant is not None else None
+    year, month, day = parts["Y"], parts["m"], parts["d"]
+    try:  # validate the calendar fields that are present
+        datetime(int(year), int(month or 1), int(day or 1))
+    except ValueError:
+        return None
+    if parts["z"] and parse_offset(parts["z"]) is None:
+        return None
+    effective = "-".join(p for p in (year, month, day) if p)
+    return Timing(effective, issued_fallback)

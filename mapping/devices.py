@@ -10,13 +10,15 @@ from .attributes import text
 from . import concepts
 from .content_tree import ContentNode
 from .context import ReportContext
-from .ids import shared_id
+from .ids import content_id, shared_id
 from .profiles import fixed, profile_url
 from .references import uid_identifier_value
 
 __all__ = ["general_equipment", "algorithm_identification", "participant_device"]
 
-_GS1_DI = re.compile(r"^\(01\)(\d{14})")
+# GS1 human-readable form: the Application Identifier in parentheses, or in braces as the
+# IG's own Device example writes it.
+_GS1_DI = re.compile(r"^[({]01[)}](\d{14})")
 GS1_ISSUER = "http://hl7.org/fhir/NamingSystem/gs1-di"
 
 
@@ -24,27 +26,23 @@ def general_equipment(ds: Dataset, ctx: ReportContext) -> str:
     """IG ``dicom-general-equipment``; General Equipment Module (0008,0070), (0008,1090), (0018,1002).
 
     Always made: it is the fallback ``device`` of every Observation and the parent of the
-    algorithm Devices. Shared between reports by Device UID, else manufacturer + model + serial.
+    algorithm Devices. Shared between reports, keyed on its whole content (Device UID,
+    manufacturer, model, serial, software versions, UDI: ``ids.content_id``), so a software
+    upgrade under the same Device UID is a new resource, not a rewrite of the old one.
     """
     manufacturer = text(ds, "Manufacturer")
     model = text(ds, "ManufacturerModelName")
     serial = text(ds, "DeviceSerialNumber")
     device_uid = text(ds, "DeviceUID")
-    if device_uid:
-        resource_id = shared_id("equipment", device_uid)
-    elif manufacturer or model or serial:
-        resource_id = shared_id("equipment", manufacturer or "", model or "", serial or "")
-    else:
-        resource_id = shared_id("equipment-unknown", ctx.sop_instance_uid)
     resource: dict = {
         "resourceType": "Device",
-        "id": resource_id,
+        "id": "",
         "meta": {"profile": [profile_url("dicom-general-equipment")]},
     }
-    natural = None
+    key = None
     if device_uid:
-        natural = {"system": "urn:dicom:uid", "value": uid_identifier_value(device_uid)}
-        resource["identifier"] = [natural]
+        key = {"system": "urn:dicom:uid", "value": uid_identifier_value(device_uid)}
+        resource["identifier"] = [key]
     udi = _udi_carrier(ds, ctx)
     if udi:
         resource["udiCarrier"] = udi
@@ -58,13 +56,18 @@ def general_equipment(ds: Dataset, ctx: ReportContext) -> str:
     if versions:
         values = [versions] if isinstance(versions, str) else list(versions)
         resource["version"] = [{"value": str(v)} for v in values if str(v).strip()]
-    return ctx.bundle.add(resource, natural_identifier=natural)
+    if len(resource) == 3:  # nothing identifies it: one per report, never shared
+        resource["id"] = shared_id("equipment-unknown", ctx.sop_instance_uid)
+    else:
+        resource["id"] = content_id("equipment", resource)
+    return ctx.bundle.add(resource, key_identifier=key)
 
 
 def algorithm_identification(node: ContentNode, ctx: ReportContext) -> str | None:
     """IG ``algorithm-identification``; TID 4019 items (DCM 111001/111003/111002/111000) under ``node``.
 
-    None when ``node`` has no Algorithm Name. Shared between reports by name + version.
+    None when ``node`` has no Algorithm Name. Shared between reports, keyed on its whole content
+    (name, version, parameters, family, parent equipment).
     """
     name = node.first(concepts.ALGORITHM_NAME, "TEXT")
     if name is None:
@@ -72,7 +75,7 @@ def algorithm_identification(node: ContentNode, ctx: ReportContext) -> str | Non
     version = node.first(concepts.ALGORITHM_VERSION, "TEXT")
     resource: dict = {
         "resourceType": "Device",
-        "id": shared_id("algorithm", name.value, version.value if version else ""),
+        "id": "",
         "meta": {"profile": [profile_url("algorithm-identification")]},
         "displayName": name.value,
     }
@@ -87,6 +90,8 @@ def algorithm_identification(node: ContentNode, ctx: ReportContext) -> str | Non
             {"type": {"coding": [fixed.ALGORITHM_PARAMETERS]}, "valueString": p.value} for p in parameters
         ]
     resource["parent"] = ctx.ref(ctx.equipment_device)
+    # Keyed on the parent's id, not its fullUrl, so both write modes key on the same identity.
+    resource["id"] = content_id("algorithm", resource | {"parent": ctx.bundle.id_of(ctx.equipment_device)})
     return ctx.bundle.add(resource)
 
 
@@ -105,16 +110,15 @@ def participant_device(observer: dict[tuple[str, str], ContentNode], ctx: Report
     serial = _value(observer, concepts.DEVICE_OBSERVER_SERIAL_NUMBER)
     if not (uid or name or model):
         return None
-    identity = (uid,) if uid else (name or "", manufacturer or "", model or "", serial or "")
     resource: dict = {
         "resourceType": "Device",
-        "id": shared_id("participant-device", *identity),
+        "id": "",
         "meta": {"profile": [profile_url("dicom-participant-device")]},
     }
-    natural = None
+    key = None
     if uid:
-        natural = {"system": "urn:dicom:uid", "value": uid_identifier_value(uid)}
-        resource["identifier"] = [natural]
+        key = {"system": "urn:dicom:uid", "value": uid_identifier_value(uid)}
+        resource["identifier"] = [key]
     if manufacturer:
         resource["manufacturer"] = manufacturer
     if serial:
@@ -123,7 +127,8 @@ def participant_device(observer: dict[tuple[str, str], ContentNode], ctx: Report
         resource["displayName"] = name or model
     if model and name:
         resource["modelNumber"] = model
-    return ctx.bundle.add(resource, natural_identifier=natural)
+    resource["id"] = content_id("participant-device", resource)
+    return ctx.bundle.add(resource, key_identifier=key)
 
 
 def _udi_carrier(ds: Dataset, ctx: ReportContext) -> list[dict]:

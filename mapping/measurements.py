@@ -8,17 +8,14 @@ from . import concepts
 from .body_structures import finding_site
 from .content_tree import ContentNode, NumValue
 from .context import ReportContext
+from .dates import Timing
 from .devices import algorithm_identification
+from .modifiers import qualify, quantity
 from .observations import observation_skeleton
 from .profiles import fixed
 from .selections import group_selections, source_sr_content_item
 
 __all__ = ["Inherited", "imaging_measurement", "qualitative_evaluation", "quantity"]
-
-# NUM children the measurement maps itself; anything else under a NUM is noted as not mapped.
-_NUM_CHILDREN_MAPPED = concepts.ALGORITHM_ITEMS | {
-    concepts.MEASUREMENT_METHOD, concepts.FINDING_SITE, concepts.LATERALITY, concepts.TOPOGRAPHICAL_MODIFIER,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,8 +23,8 @@ class Inherited:
     """What a measurement or evaluation takes from its group unless it has its own."""
 
     device: str
-    issued: str
-    derived_from: tuple[str, ...] = ()  # fullUrls of the group's ImagingSelections
+    timing: Timing
+    derived_from: tuple[tuple[str, str], ...] = ()  # (derivedFrom slice, fullUrl) of the group's selections
     body_structure: str | None = None
     method: dict | None = None
 
@@ -42,13 +39,11 @@ def imaging_measurement(node: ContentNode, ctx: ReportContext, parent: Inherited
     own = _own_context(node, ctx, parent)
     resource = observation_skeleton(
         ctx, node, profile="imaging-measurement", category=None,
-        code=ctx.codes.codeable_concept(node.concept), issued=own.issued, device=own.device,
+        code=ctx.codes.codeable_concept(node.concept), timing=own.timing, device=own.device,
     )
     resource["valueQuantity"] = quantity(num, ctx)
+    qualify(node, ctx).apply(resource, node.concept.meaning if node.concept else "")
     _attach(resource, node, own, ctx)
-    for child in node.children:
-        if child.key not in _NUM_CHILDREN_MAPPED and child.value_type not in _REGION_VALUE_TYPES:
-            ctx.note(child, f"{child.value_type} under a measurement is not mapped (the IG defines no target)")
     return ctx.bundle.add(resource)
 
 
@@ -57,33 +52,26 @@ def qualitative_evaluation(node: ContentNode, ctx: ReportContext, parent: Inheri
     own = _own_context(node, ctx, parent)
     resource = observation_skeleton(
         ctx, node, profile="imaging-qualitative-evaluation", category=fixed.QUALITATIVE_EVALUATIONS,
-        code=ctx.codes.codeable_concept(node.concept), issued=own.issued, device=own.device,
+        code=ctx.codes.codeable_concept(node.concept), timing=own.timing, device=own.device,
     )
     if node.value_type == "CODE":
         resource["valueCodeableConcept"] = ctx.codes.codeable_concept(node.value)
     else:
         resource["valueCodeableConcept"] = {"text": str(node.value)}
     _attach(resource, node, own, ctx)
+    for child in node.children:
+        if child.key not in concepts.ITEM_CONTEXT and child.value_type not in concepts.SELECTION_VALUE_TYPES:
+            ctx.note(child, f"{child.value_type} under a qualitative evaluation is not mapped (the IG defines no target)")
     return ctx.bundle.add(resource)
 
 
-def quantity(num: NumValue, ctx: ReportContext) -> dict:
-    """FHIR Quantity from a NUM's value and Measurement Units Code Sequence (UCUM when coded so)."""
-    result: dict = {"value": num.value}
-    if num.unit is not None:
-        if num.unit.meaning:
-            result["unit"] = num.unit.meaning
-        result["system"] = ctx.codes.system(num.unit.scheme)
-        result["code"] = num.unit.value
-    return result
-
-
-_REGION_VALUE_TYPES = frozenset({"IMAGE", "COMPOSITE", "SCOORD", "SCOORD3D"})
-
-
 def _own_context(node: ContentNode, ctx: ReportContext, parent: Inherited) -> Inherited:
-    """The parent's context overridden by the node's own algorithm, method, site, time, images."""
-    own = replace(parent, issued=ctx.issued(node, parent.issued))
+    """The parent's context overridden by the node's own algorithm, method, site, time, images.
+
+    The node's own image references replace the group's selection of the same kind (the
+    ``derivedFrom`` slices are 0..1); the group's other selections still apply.
+    """
+    own = replace(parent, timing=ctx.timing(node, parent.timing))
     device = algorithm_identification(node, ctx)
     if device is not None:
         own = replace(own, device=device)
@@ -95,7 +83,8 @@ def _own_context(node: ContentNode, ctx: ReportContext, parent: Inherited) -> In
         own = replace(own, body_structure=site)
     selections = group_selections(node, ctx, own.body_structure)
     if selections.by_slice:
-        own = replace(own, derived_from=tuple(selections.by_slice.values()))
+        merged = dict(parent.derived_from) | selections.by_slice
+        own = replace(own, derived_from=tuple(merged.items()))
     return own
 
 
@@ -104,7 +93,7 @@ def _attach(resource: dict, node: ContentNode, own: Inherited, ctx: ReportContex
         resource["bodyStructure"] = ctx.ref(own.body_structure)
     if own.method:
         resource["method"] = own.method
-    derived_from = [ctx.ref(url) for url in own.derived_from]
+    derived_from = [ctx.ref(url) for _, url in own.derived_from]
     source = source_sr_content_item(node, ctx)
     if source is not None:
         derived_from.append(ctx.ref(source))

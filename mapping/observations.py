@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .content_tree import ContentNode
 from .context import ReportContext
+from .dates import Timing
 from .profiles import fixed, profile_url
 from .references import uid_identifier_value
 
@@ -26,7 +27,7 @@ def observation_skeleton(
     profile: str,
     category: dict | None,
     code: dict,
-    issued: str,
+    timing: Timing,
     device: str,
 ) -> dict:
     """An Observation of ``profile`` for ``node`` with the document-level context filled in.
@@ -48,8 +49,8 @@ def observation_skeleton(
         resource["category"] = [{"coding": [category]}]
     resource["code"] = code
     resource["subject"] = ctx.subject
-    resource["effectiveDateTime"] = issued
-    resource["issued"] = issued
+    resource["effectiveDateTime"] = timing.effective
+    resource["issued"] = timing.issued
     if ctx.performer:
         resource["performer"] = list(ctx.performer)
     resource["device"] = ctx.ref(device)

@@ -45,6 +45,7 @@ class fixed:  # noqa: N801 - a namespace of constants
     REFERENCED_SEGMENT = _dcm("121191", "Referenced Segment")
     REFERENCED_SEGMENTATION_FRAME = _dcm("121214", "Referenced Segmentation Frame")
     SOURCE_IMAGE_FOR_SEGMENTATION = _dcm("121233", "Source image for segmentation")
+    SOURCE_SERIES_FOR_SEGMENTATION = _dcm("121232", "Source series for segmentation")
     VOLUME_SURFACE = _dcm("121231", "Volume Surface")
     ORIGINAL_SOURCE = _dcm("111040", "Original Source")
     STUDY_INSTANCE_UID = _dcm("110180", "Study Instance UID")

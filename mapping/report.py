@@ -13,7 +13,7 @@ from .bundle import BundleBuilder
 from .coding import CodingSystems
 from .content_tree import READ_ERRORS, ContentNode, read_content_tree
 from .context import Evidence, ReportContext
-from .dates import parse_offset, to_instant, zone
+from .dates import Timing, parse_offset, to_instant, zone
 from .derived import derived_imaging_measurements
 from .devices import algorithm_identification, general_equipment, participant_device
 from .errors import InvalidValue, MappingError, MissingContentItem, NotAnSR, Skipped, UnsupportedTemplate
@@ -67,6 +67,7 @@ def _map(ds: Dataset, options: MappingOptions) -> MappingResult:
         raise MissingContentItem("the SR has no readable content items", path=root.path)
 
     document_zone = parse_offset(text(ds, "TimezoneOffsetFromUTC")) or zone(options.default_timezone)
+    document_issued = _document_instant(ds, document_zone)
     ctx = ReportContext(
         sop_instance_uid=sop_instance_uid,
         sop_class_uid=sop_class_uid,
@@ -74,7 +75,7 @@ def _map(ds: Dataset, options: MappingOptions) -> MappingResult:
         study_uid=study_instance_uid(ds),
         subject=patient_reference(ds),
         service_request=service_request_reference(ds),
-        document_issued=_document_instant(ds, document_zone),
+        document_timing=Timing(document_issued, document_issued),
         document_zone=document_zone,
         status=_status(ds),
         evidence=_evidence(ds, skipped),
@@ -93,16 +94,18 @@ def _map(ds: Dataset, options: MappingOptions) -> MappingResult:
         elif default_device == ctx.equipment_device:
             default_device = participant_device(observer.items, ctx, text(ds, "DeviceUID")) or default_device
 
+    # PS3.3 C.17.3: items without an Observation DateTime take their nearest ancestor's.
+    root_timing = ctx.timing(root, ctx.document_timing)
     observations = 0
     for child in root.children:
         if child.value_type != "CONTAINER" or child.relationship != "CONTAINS":
             continue
         if child.key == concepts.IMAGING_MEASUREMENTS:
-            observations += _imaging_measurements(child, ctx, default_device)
+            observations += _imaging_measurements(child, ctx, default_device, root_timing)
         elif child.key == concepts.DERIVED_IMAGING_MEASUREMENTS:
-            observations += len(derived_imaging_measurements(child, ctx))
+            observations += len(derived_imaging_measurements(child, ctx, root_timing))
         elif child.key == concepts.QUALITATIVE_EVALUATIONS:
-            observations += _report_qualitative_evaluations(child, ctx, default_device)
+            observations += _report_qualitative_evaluations(child, ctx, default_device, root_timing)
         else:
             ctx.note(child, "container is not one TID 1500 maps (Imaging Measurements, Derived, Qualitative Evaluations)")
     if observations == 0:
@@ -116,22 +119,23 @@ def _map(ds: Dataset, options: MappingOptions) -> MappingResult:
     return MappingResult(ctx.bundle.build(), tuple(skipped))
 
 
-def _imaging_measurements(container: ContentNode, ctx: ReportContext, default_device: str) -> int:
+def _imaging_measurements(container: ContentNode, ctx: ReportContext, default_device: str, parent_timing: Timing) -> int:
     """DCM 126010: a container-level TID 4019 algorithm overrides the default device."""
     device = algorithm_identification(container, ctx) or default_device
+    timing = ctx.timing(container, parent_timing)
     count = 0
     for child in container.children:
         if child.value_type == "CONTAINER" and child.key == concepts.MEASUREMENT_GROUP:
-            imaging_measurement_group(child, ctx, device)
+            imaging_measurement_group(child, ctx, device, timing)
             count += 1
         elif child.key not in concepts.ALGORITHM_ITEMS:
             ctx.note(child, f"{child.value_type} directly in Imaging Measurements is not in a measurement group")
     return count
 
 
-def _report_qualitative_evaluations(container: ContentNode, ctx: ReportContext, device: str) -> int:
+def _report_qualitative_evaluations(container: ContentNode, ctx: ReportContext, device: str, parent_timing: Timing) -> int:
     """UMLS C0034375 at report level: one evaluation per CODE/TEXT child."""
-    inherited = Inherited(device=device, issued=ctx.issued(container))
+    inherited = Inherited(device=device, timing=ctx.timing(container, parent_timing))
     count = 0
     for child in container.children:
         if child.value_type in ("CODE", "TEXT"):

@@ -4,7 +4,14 @@ A measurement group (or a NUM with its own image references) yields at most one
 ImagingSelection per profile: the Observation's ``derivedFrom`` slices are 0..1 each, so
 several items of one kind (two SCOORDs, several referenced segments) become several
 ``instance`` entries of one selection. ``group_selections`` walks the node's children and
-hands each to the builder that ``BUILDERS`` keys on (concept, value type).
+hands each to the builder that ``BUILDERS`` keys on (concept, value type); an INFERRED FROM
+image or region of another concept (TID 300 "Source of Measurement") goes to the builder
+``INFERRED_FROM`` keys on its value type; any other reference is noted.
+
+References the IG has no profile for (TID 1501 "Source" IMAGE, TID 300 "Source of
+Measurement" IMAGE, "Source series for segmentation" without source images) become plain
+selections that claim the abstract ``observation-imaging-selection`` profile, whose
+``derivedFrom``/``focus`` slicing is open, so the Observation still says what it came from.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ __all__ = ["BUILDERS", "Selections", "group_selections", "source_sr_content_item
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 RWV_MAPPING_STORAGE = "1.2.840.10008.5.1.4.1.1.67"
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
+_MAX_ID_LENGTH = 64  # seriesUid, studyUid, instance.uid are FHIR ids
 
 # DICOM SCOORD Graphic Type -> (R5 imageRegion2D.regionType, check on the value count).
 _REGION_2D: dict[str, tuple[str, Callable[[int], bool]]] = {
@@ -52,6 +60,7 @@ class _Draft:
     instances: list[dict] = field(default_factory=list)
     frame_of_reference_uid: str | None = None
     series_uid: str | None = None
+    kind: str = ""  # id kind when several selections of one profile come from one node
     source_image_focus: str | None = None  # focus[sourceImageForSegmentation], 0..1
     provenance_focus: str | None = None  # focus[sourceSRContentItem], 0..1: the first item's
 
@@ -73,18 +82,36 @@ class _Walk:
     body_structure: str | None
     drafts: dict[str, _Draft] = field(default_factory=dict)
     source_images: list[ContentNode] = field(default_factory=list)
-    source_series_uid: str | None = None
+    source_series: ContentNode | None = None
     _source_image_selection: str | None = None
 
-    def draft(self, profile: str, code: dict, item: ContentNode) -> _Draft:
-        if profile not in self.drafts:
-            self.drafts[profile] = _Draft(profile, code, item)
-        return self.drafts[profile]
+    @property
+    def source_series_uid(self) -> str | None:
+        return self.source_series.value if self.source_series is not None else None
+
+    def draft(self, profile: str, code: dict, item: ContentNode, slice_name: str | None = None) -> _Draft:
+        kind = slice_name or ""
+        slice_name = slice_name or _SLICES[profile]
+        if slice_name not in self.drafts:
+            self.drafts[slice_name] = _Draft(profile, code, item, kind=kind)
+        return self.drafts[slice_name]
 
     def source_image_selection(self) -> str | None:
-        """fullUrl of the ``source-image-for-segmentation`` selection, built on first use."""
-        if self._source_image_selection is None and self.source_images:
-            self._source_image_selection = source_image_for_segmentation(self)
+        """fullUrl of the selection of the source images (or series), built on first use.
+
+        ``source-image-for-segmentation`` when the group names source images (DCM 121233);
+        with only a "Source series for segmentation" (DCM 121232), a plain selection of that
+        whole series (``seriesUid``, no ``instance``: the profile needs an instance).
+        """
+        if self._source_image_selection is None:
+            if self.source_images:
+                self._source_image_selection = source_image_for_segmentation(self)
+            elif self.source_series is not None:
+                if len(self.source_series_uid or "") <= _MAX_ID_LENGTH:
+                    self._source_image_selection = source_series_for_segmentation(self)
+                else:
+                    self.ctx.note(self.source_series, "UID longer than 64 characters: cannot be a seriesUid (FHIR id)")
+                    self.source_series = None
         return self._source_image_selection
 
     def carrier_instances(self, item: ContentNode) -> list[dict]:
@@ -109,15 +136,22 @@ def group_selections(node: ContentNode, ctx: ReportContext, body_structure: str 
         if child.key == concepts.SOURCE_IMAGE_FOR_SEGMENTATION and child.value_type == "IMAGE":
             walk.source_images.append(child)
         elif child.key == concepts.SOURCE_SERIES_FOR_SEGMENTATION and child.value_type == "UIDREF":
-            walk.source_series_uid = child.value
+            walk.source_series = walk.source_series or child
     for child in node.children:
         builder = BUILDERS.get((child.key, child.value_type))
+        if builder is None and child.relationship == "INFERRED FROM":
+            builder = INFERRED_FROM.get(child.value_type)
         if builder is not None:
             builder(child, walk)
+        elif child.value_type in concepts.SELECTION_VALUE_TYPES and child.key != concepts.SOURCE_IMAGE_FOR_SEGMENTATION:
+            ctx.note(child, f"{child.value_type} reference of this concept has no ImagingSelection profile; not mapped")
     selections = Selections()
-    for draft in walk.drafts.values():
+    for slice_name, draft in walk.drafts.items():
         if draft.instances or draft.frame_of_reference_uid:
-            selections.by_slice[_SLICES[draft.profile]] = _finish(draft, walk)
+            selections.by_slice[slice_name] = _finish(draft, walk)
+    if walk._source_image_selection is None and walk.source_image_selection() is not None:
+        # Source images or series that no segment or surface points at: the Observation names them.
+        selections.by_slice["sourceImageForSegmentation"] = walk._source_image_selection
     return selections
 
 
@@ -212,6 +246,30 @@ def referenced_segmentation_frame(item: ContentNode, walk: _Walk) -> None:
     _segmentation(item, walk, "referenced-segmentation-frame", fixed.REFERENCED_SEGMENTATION_FRAME, frames_fallback=True)
 
 
+def referenced_image(item: ContentNode, walk: _Walk) -> None:
+    """TID 1501 "Source" IMAGE and TID 300 "Source of Measurement" (INFERRED FROM IMAGE): no IG profile.
+
+    A plain selection of the image (frames as ``subset``) whose ``code`` is the item's concept,
+    one per concept.
+    """
+    code = walk.ctx.codes.coding(item.concept) if item.concept else dict(fixed.ORIGINAL_SOURCE)
+    slice_name = f"image:{item.label}"
+    ref: ImageRef = item.value
+    draft = walk.draft("image-reference", code, item, slice_name)
+    _add_instance(draft, _instance(ref), ref, walk)
+    _add_focus(draft, item, walk)
+
+
+def source_series_for_segmentation(walk: _Walk) -> str:
+    """DCM 121232 "Source series for segmentation" without source images: the whole series."""
+    item = walk.source_series
+    assert item is not None
+    draft = _Draft("source-series", fixed.SOURCE_SERIES_FOR_SEGMENTATION, item)
+    draft.series_uid = item.value
+    _add_focus(draft, item, walk)
+    return _finish(draft, walk)
+
+
 def source_image_for_segmentation(walk: _Walk) -> str:
     """IG ``source-image-for-segmentation``; DCM 121233 IMAGE (+ 121232 UIDREF); TID 1410/1411."""
     first = walk.source_images[0]
@@ -248,12 +306,25 @@ BUILDERS: dict[tuple[tuple[str, str], str], Callable[[ContentNode, _Walk], None]
     (concepts.REGION_IN_SPACE, "COMPOSITE"): region_in_space,
     (concepts.REFERENCED_SEGMENT, "IMAGE"): referenced_segment,
     (concepts.REFERENCED_SEGMENTATION_FRAME, "IMAGE"): referenced_segmentation_frame,
+    (concepts.IMAGE_SOURCE, "IMAGE"): referenced_image,
+}
+
+# INFERRED FROM children of other concepts (TID 300 "Source of Measurement", ...) by value type.
+INFERRED_FROM: dict[str, Callable[[ContentNode, _Walk], None]] = {
+    "IMAGE": referenced_image,
+    "SCOORD": image_region_2d,
+    "SCOORD3D": image_region_3d,
 }
 
 # The IG's region-in-space fixes instance.sopClass to "11.2.840.10008.5.1.4.1.1.481.3", a typo
 # for RT Structure Set Storage (MAPPING.md §9.1). We write the real UID, so such a selection
 # cannot claim that profile; it claims the abstract parent, which it does conform to.
-_CLAIMED_PROFILE = {"region-in-space": "observation-imaging-selection"}
+# Selections with no IG profile of their own claim the same abstract parent.
+_CLAIMED_PROFILE = {
+    "region-in-space": "observation-imaging-selection",
+    "image-reference": "observation-imaging-selection",
+    "source-series": "observation-imaging-selection",
+}
 
 # Profile -> the Observation.derivedFrom slice that references it.
 _SLICES = {
@@ -373,7 +444,7 @@ def _selection_base(ctx: ReportContext, resource_id: str, profile: str, code: di
 def _finish(draft: _Draft, walk: _Walk) -> str:
     ctx = walk.ctx
     claimed = _CLAIMED_PROFILE.get(draft.profile, draft.profile)
-    resource = _selection_base(ctx, ctx.id_for(walk.node, draft.profile), claimed, draft.code, _study_of(draft, walk))
+    resource = _selection_base(ctx, ctx.id_for(walk.node, draft.kind or draft.profile), claimed, draft.code, _study_of(draft, walk))
     if draft.series_uid:
         resource["seriesUid"] = draft.series_uid
     if draft.frame_of_reference_uid:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from mapping import serialize
+
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 VALIDATOR = SHARED / "tools" / "validate-ig"
 SAMPLES = SHARED / "samples" / "real"
@@ -35,7 +37,7 @@ def validate(bundles: dict[str, dict], directory: Path) -> tuple[int, str]:
     files = []
     for name, bundle in bundles.items():
         path = directory / f"{name}.json"
-        path.write_text(json.dumps(bundle), encoding="utf-8")
+        path.write_bytes(serialize(bundle))
         files.append(str(path))
     proc = subprocess.run([str(VALIDATOR), *files], capture_output=True, text=True, timeout=600)
     return proc.returncode, proc.stdout + proc.stderr

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 
 from mapping import MappingOptions, map_sr, serialize
-from mapping.ids import report_scoped_id, shared_id
+from mapping.ids import content_id, report_scoped_id
 from tests import sr_builders as sr
 from tests.bundle_queries import one, resources
 
@@ -82,7 +82,7 @@ def test_ids_are_uuid5_of_report_path_and_kind():
     group = one(bundle, "imaging-measurement-group")
     assert group["id"] == report_scoped_id(sr.uid("sr"), "1.5.1", "imaging-measurement-group")
     site = one(bundle, "dicom-sr-finding-site")
-    assert site["id"] == shared_id("finding-site", sr.uid("tracking:Lesion 1"))
+    assert site["id"] == content_id("finding-site", site)  # shared: keyed on all it says
 
 
 def test_conditional_mode_posts_with_if_none_exist_on_an_identifier():
@@ -95,8 +95,14 @@ def test_conditional_mode_posts_with_if_none_exist_on_an_identifier():
         assert {"system": system, "value": value} in [
             {"system": i.get("system"), "value": i["value"]} for i in resource["identifier"]]
     site = one(bundle, "dicom-sr-finding-site")
+    put_site = one(map_sr(rich_report()).bundle, "dicom-sr-finding-site")
+    # Keyed on the content-derived id, not on the Tracking UID that another site may share.
     assert next(e for e in bundle["entry"] if e["resource"] is site)["request"]["ifNoneExist"] == (
-        "identifier=urn:dicom:uid|urn:oid:" + sr.uid("tracking:Lesion 1"))
+        f"identifier=urn:ietf:rfc:3986|urn:uuid:{put_site['id']}")
+    equipment = one(bundle, "dicom-general-equipment")
+    # The Device profiles allow one identifier: a Device with a Device UID keys on it.
+    assert next(e for e in bundle["entry"] if e["resource"] is equipment)["request"]["ifNoneExist"] == (
+        f"identifier={equipment['identifier'][0]['system']}|{equipment['identifier'][0]['value']}")
 
 
 def test_conditional_mode_keys_match_put_ids_and_full_urls_differ_from_identifier_values():

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from io import BytesIO
 
 import pydicom
 import pytest
 
-from mapping import MappingOptions, map_sr
+from mapping import MappingOptions, map_sr, serialize
 from tests import sr_builders as sr
 from tests.bundle_queries import deref, full_url, one, profiles_of, resources
 
@@ -76,7 +77,9 @@ class TestImagingMeasurement:
     def test_value_quantity_ucum(self):
         bundle = mapped([planar_group()]).bundle
         length = next(m for m in resources(bundle, "imaging-measurement") if m["code"]["coding"][0]["code"] == "410668003")
-        assert length["valueQuantity"] == {"value": 19.8, "unit": "millimeter", "system": UCUM, "code": "mm"}
+        # DS "19.80": the value keeps the digits the SR wrote (a FHIR decimal's precision is significant).
+        assert length["valueQuantity"] == {"value": Decimal("19.80"), "unit": "millimeter", "system": UCUM, "code": "mm"}
+        assert '"valueQuantity":{"value":19.80,' in serialize(bundle).decode()
         assert length["code"] == {"coding": [{"system": SCT, "code": "410668003", "display": "Length"}]}
         assert "category" not in length
         assert length["identifier"][0]["value"] == "urn:oid:" + sr.uid("length")
