@@ -83,3 +83,37 @@ def every_profile_report(sop_class_uid: str = sr.COMPREHENSIVE_3D_SR, *, observa
         container_algorithm=sr.algorithm_items("Pipeline", "5.0"),
         device_observer_uid=sr.uid("cad"), device_observer_name="CAD node",
     )
+
+
+def fidelity_report() -> Dataset:
+    """Edge cases of the fidelity review in one report: modifiers, properties, a qualifier beside
+    a value, inherited and partial Observation DateTimes, two finding sites, INFERRED FROM and
+    TID 1501 source images, a source series without source images, a Time Point, DS digits.
+    """
+    derivation = sr.coded("121401", "DCM", "Derivation")
+    suv = sr.coded("126401", "DCM", "SUVbw")
+    source_of_measurement = sr.coded("121112", "DCM", "Source of Measurement")
+    nums = [
+        sr.num_item(suv, "6.020", sr.SUV_BW, children=[
+            sr.code_item(derivation, sr.coded("373098007", "SCT", "Mean"), "HAS CONCEPT MOD"),
+            sr.text_item(sr.coded("121405", "DCM", "Population description"), "Adults", "HAS PROPERTIES")]),
+        sr.num_item(suv, "10.4", sr.SUV_BW, observation_datetime="2024", children=[
+            sr.code_item(derivation, sr.coded("56851009", "SCT", "Maximum"), "HAS CONCEPT MOD"),
+            sr.image_item(source_of_measurement, CT, sr.uid("ct:9"), frames=[3], relationship="INFERRED FROM"),
+            sr.scoord_item("POLYLINE", [1.0, 2.0, 3.0, 4.0], sr.source_image(CT, sr.uid("ct:9")),
+                           concept=source_of_measurement, relationship="INFERRED FROM")]),
+        sr.num_item(sr.LENGTH, "-778", sr.MM, qualifier=sr.coded("114009", "DCM", "Value out of range")),
+    ]
+    items = [
+        sr.finding_site_item(sr.coded("10200004", "SCT", "Liver")),
+        sr.finding_site_item(sr.coded("64033007", "SCT", "Kidney"), laterality=sr.coded("7771000", "SCT", "Left")),
+        sr.text_item(sr.coded("C2348792", "UMLS", "Time Point"), "baseline", "HAS OBS CONTEXT"),
+        sr.image_item(sr.coded("260753009", "SCT", "Source"), CT, sr.uid("ct:7")),
+        sr.image_item(sr.REFERENCED_SEGMENT, sr.SEGMENTATION_STORAGE, sr.uid("seg"), segments=[1]),
+        sr.uidref_item(sr.SOURCE_SERIES_FOR_SEGMENTATION, sr.uid("series:ct")),
+    ]
+    group = sr.measurement_group("1411", items=items, measurements=nums, observation_datetime="20240215")
+    report = sr.measurement_report([group], udi="{01}00844588003288{17}141120")
+    container = next(i for i in report.ContentSequence if i.ValueType == "CONTAINER")
+    container.ObservationDateTime = "20240214083000"
+    return report

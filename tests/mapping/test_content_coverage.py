@@ -37,7 +37,7 @@ from pydicom.sr._snomed_dict import mapping as SNOMED
 from mapping import MappingError, map_sr, serialize
 from tests import sr_builders as sr
 from tests.conformance import SAMPLES, require_shared
-from tests.report_fixtures import every_profile_report
+from tests.report_fixtures import every_profile_report, fidelity_report
 
 IG = "http://hl7.org/fhir/uv/dicom-sr/StructureDefinition/"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "measurement-report.dcm"
@@ -55,6 +55,7 @@ FIXTURES: dict[str, Callable[[], Dataset]] = {
     "highdicom_planar": lambda: sr.highdicom_planar_report(n_groups=3, measurements_per_group=2),
     "highdicom_volumetric": sr.highdicom_volumetric_report,
     "large_report": lambda: sr.large_report(n_groups=3),
+    "fidelity_report": fidelity_report,
     "example:measurement-report": lambda: pydicom.dcmread(EXAMPLE),
 }
 REAL = sorted(p.stem for p in SAMPLES.glob("*.dcm")) if SAMPLES.is_dir() else ["(../shared absent)"]
