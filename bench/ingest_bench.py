@@ -34,7 +34,7 @@ BARE_SCP = """
 import socket, sys
 from pynetdicom import AE, evt
 from mapping import SR_STORAGE_SOP_CLASSES
-from scp.listener import TRANSFER_SYNTAXES
+from scp.dicom.listener import TRANSFER_SYNTAXES
 def nodelay(event):
     event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 ae = AE(ae_title="BARE")

@@ -1,22 +1,20 @@
-"""The ``sr2fhir`` command line: parse, then call one function per subcommand."""
+"""The ``sr2fhir`` command line: parse, then call one function per subcommand.
+
+Each subcommand's module is imported only when that command runs: ``sr2fhir convert`` must
+not pay for (or depend on) pynetdicom, prometheus_client and httpx.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
-from mapping import MappingOptions
-
-from .check_config import check_config
-from .config import ConfigError, Settings, load_settings
-from .convert import run_convert
-from .daemon import serve
-from .logs import configure_logging
-from .spool_commands import run_spool_command
+if TYPE_CHECKING:
+    from .config import Settings
 
 __all__ = ["main", "build_parser", "DEFAULT_CONFIG"]
 
@@ -29,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sr2fhir",
         description="DICOM SR (TID 1500 Measurement Report) to FHIR R5, per the HL7 DICOM SR IG.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     convert = commands.add_parser(
@@ -82,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "convert":
         return _convert(parser, args)
+    from .config import ConfigError
+
     try:
         config_path, settings = _settings(args.config)
     except ConfigError as exc:
@@ -89,21 +90,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"sr2fhir: error: {problem}", file=sys.stderr)
         return 2
     if args.command == "serve":
+        from .service.daemon import serve
+        from .telemetry.logs import configure_logging
+
         configure_logging(settings.log)
         return serve(settings, config_path)
     if args.command == "check-config":
+        from .commands.check_config import check_config
+
         return check_config(settings, str(config_path) if config_path else "built-in defaults")
+    from .commands.spool import run_spool_command
+
     return run_spool_command(args.spool_command, settings, getattr(args, "ids", None))
+
+
+def _version() -> str:
+    try:
+        return version("sr2fhir")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "unknown"
 
 
 def _settings(path: Path | None) -> tuple[Path | None, Settings]:
     """The explicit file, else ./config.yaml when present, else the built-in defaults."""
+    from .config import load_settings
+
     if path is None and Path(DEFAULT_CONFIG).is_file():
         path = Path(DEFAULT_CONFIG)
     return (path.resolve() if path is not None else None), load_settings(path)
 
 
 def _convert(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from mapping import MappingOptions
+
+    from .commands.convert import run_convert
+
     if args.output is not None and len(args.inputs) > 1:
         parser.error("--output takes one input; use --output-dir for several")
     try:

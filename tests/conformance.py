@@ -6,7 +6,6 @@ instead when SR2FHIR_REQUIRE_SHARED=1 (CI), so in CI they always run.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path

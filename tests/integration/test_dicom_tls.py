@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from scp.config import load_settings
-from scp.dicom_tls import build_server_context, server_ssl_context
-from scp.listener import SUCCESS, Listener, start_listener
+from scp.dicom.tls import build_server_context, server_ssl_context
+from scp.dicom.listener import SUCCESS, Listener, start_listener
 from scp.spool import Spool, SpoolWriter
 from tests.daemon_process import DaemonProcess, write_config
 from tests.scp.test_listener_security import LOCALHOST, LogCapture, Scu, logs, report, writer  # noqa: F401 - fixtures

@@ -20,9 +20,9 @@ from structlog.testing import capture_logs
 
 from fhir_client import FhirClient, FhirSettings, Outcome, RetrySettings, SendResult
 from mapping import MappingOptions, map_sr, serialize
-from scp.audit import (
+from scp.config import AuditSettings
+from scp.telemetry.audit import (
     AuditLog,
-    AuditSettings,
     AuditShipper,
     AuditSource,
     AuditTrail,
@@ -32,7 +32,7 @@ from scp.audit import (
     received_event,
     resources_written,
 )
-from scp.metrics import DaemonMetrics
+from scp.telemetry.metrics import DaemonMetrics
 from tests.conformance import assert_conformant
 from tests.fhir_client.fakes import BASE_URL, make_client
 from tests.scp.test_metrics import Item, scrape, value

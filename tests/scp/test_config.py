@@ -16,7 +16,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from fhir_client import FhirSettings, OAuth2ClientCredentialsSettings
 from mapping import MappingOptions
-from scp import dicom_tls
+from scp.config import tls_files
 from scp.config import (
     ConfigError,
     DicomSettings,
@@ -647,7 +647,7 @@ class TestDicomTls:
                     raise PermissionError(13, "Permission denied", str(path))
                 return real_open(path, *args, **kwargs)
 
-            monkeypatch.setattr(dicom_tls, "open", denying_open, raising=False)
+            monkeypatch.setattr(tls_files, "open", denying_open, raising=False)
         config = tls_config(tmp_path, pem, private_key=str(key))
         assert problems_of(config) == [f"{config}: dicom.tls.private_key: cannot read {key}: Permission denied"]
 

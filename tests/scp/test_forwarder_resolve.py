@@ -1,4 +1,4 @@
-"""scp.forwarder in ``reference_mode: resolve``: which logical references are looked up.
+"""scp.delivery.forwarder in ``reference_mode: resolve``: which logical references are looked up.
 
 An identifier without a ``system`` is never searched for: a value alone (``Patient?identifier=PID-1``)
 could match another issuer's patient, and linking the Observations to them is a patient-safety error.
@@ -14,7 +14,7 @@ import httpx
 from structlog.testing import capture_logs
 
 from mapping import MappingOptions, map_sr
-from scp.forwarder import FhirDelivery, resolve_logical_references
+from scp.delivery.forwarder import FhirDelivery, resolve_logical_references
 from tests.fhir_client.fakes import delivered, fhir_json, make_client
 from tests.fhir_client.test_resolve import SearchServer
 from tests.sr_builders import LENGTH, MM, measurement_group, measurement_report, num_item

@@ -14,8 +14,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from scp.health import METRICS_CONTENT_TYPE, HealthServer, Readiness, ReadinessSettings
-from scp.metrics import DaemonMetrics, FhirContact, SpoolBacklog, WorkerMetricsStore, build_registry, render
+from scp.config import ReadinessSettings
+from scp.telemetry.health import METRICS_CONTENT_TYPE, HealthServer, Readiness
+from scp.telemetry.metrics import DaemonMetrics, FhirContact, SpoolBacklog, WorkerMetricsStore, build_registry, render
 from scp.spool import SpoolError, SpoolStatus
 from tests.scp.test_metrics import RECEIVED_AT, RECEIVED_TS, run_child
 

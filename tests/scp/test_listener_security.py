@@ -1,4 +1,4 @@
-"""scp.listener admission control: who may associate, how many at once, and the disk reserve.
+"""scp.dicom.listener admission control: who may associate, how many at once, and the disk reserve.
 
 Real pynetdicom SCUs against a real listener on 127.0.0.1 (ephemeral ports), spooling into
 ``tmp_path``. Tests synchronise on the listener's log events and on its association
@@ -24,7 +24,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from scp.config import DicomPeer, DicomSettings
-from scp.listener import (
+from scp.dicom.listener import (
     OUT_OF_RESOURCES,
     SUCCESS,
     AllowedPeer,

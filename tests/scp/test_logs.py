@@ -1,4 +1,4 @@
-"""scp.logs: one format for structlog and stdlib records, PHI redaction, level filtering."""
+"""scp.telemetry.logs: one format for structlog and stdlib records, PHI redaction, level filtering."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from scp.config import LogSettings
-from scp.logs import PHI_KEYS, REDACTED, configure_logging, redact_phi
+from scp.telemetry.logs import PHI_KEYS, REDACTED, configure_logging, redact_phi
 
 _TOUCHED_LOGGERS = ("pynetdicom", "httpx", "httpcore", "py.warnings")
 

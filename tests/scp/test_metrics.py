@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from fhir_client import Outcome, SendResult
-from scp.metrics import (
+from scp.telemetry.metrics import (
     MAX_CALLING_AE_LABELS,
     CachedSpoolStatus,
     DaemonMetrics,

@@ -9,7 +9,7 @@ import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.dsutils import create_file_meta, encode
 
-from scp.part10 import part10_bytes
+from scp.dicom.part10 import part10_bytes
 from tests import sr_builders as sr
 
 

@@ -1,4 +1,4 @@
-"""scp.systemd: the sd_notify protocol on real AF_UNIX datagram sockets, the health decision,
+"""scp.service.systemd: the sd_notify protocol on real AF_UNIX datagram sockets, the health decision,
 the monitor's messages, and ``systemd-analyze verify`` on deploy/sr2fhir.service."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from scp import daemon
-from scp.metrics import DaemonMetrics, WorkerMetricsStore, metrics_directory
-from scp.systemd import Health, Notifier, Sampler, ServiceMonitor, without_notify_env
+from scp.service import daemon
+from scp.telemetry.metrics import DaemonMetrics, WorkerMetricsStore, metrics_directory
+from scp.service.systemd import Health, Notifier, Sampler, ServiceMonitor, without_notify_env
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "deploy" / "sr2fhir.service"

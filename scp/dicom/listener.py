@@ -49,7 +49,7 @@ from mapping import SR_STORAGE_SOP_CLASSES
 
 from .association_log import AssociationLog
 from .part10 import part10_bytes
-from .spool import RecordFields, SpoolError, SpoolFullError, SpoolWriter
+from ..spool import RecordFields, SpoolError, SpoolFullError, SpoolWriter
 
 __all__ = [
     "CANNOT_UNDERSTAND",
@@ -265,7 +265,7 @@ def _peer_address(assoc: Association) -> str | None:
 
 
 class StoreObserver(Protocol):
-    """Told each C-STORE answer (:class:`scp.metrics.DaemonMetrics`, :class:`scp.audit.AuditTrail`);
+    """Told each C-STORE answer (:class:`scp.telemetry.metrics.DaemonMetrics`, :class:`scp.telemetry.audit.AuditTrail`);
     called in the association's thread, never raises."""
 
     def store_answered(self, event: evt.Event, status: int) -> None: ...
@@ -527,7 +527,7 @@ def start_listener(
     ``allowed_calling_ae_titles`` may call from anywhere, each of ``allowed_peers``
     (``.ae_title``, ``.addresses``: IP addresses or networks, objects or strings) only from
     its addresses; both empty = anyone. ``ssl_context``: a server-side context (see
-    :func:`scp.dicom_tls.server_ssl_context`); the port then speaks TLS only.
+    :func:`scp.dicom.tls.server_ssl_context`); the port then speaks TLS only.
     ``reject_associations_below_min_free``: refuse associations (transient A-ASSOCIATE-RJ)
     while the spool has less than ``policy.min_free_bytes`` free, besides answering
     C-STOREs 0xA700 then.

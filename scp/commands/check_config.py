@@ -25,7 +25,7 @@ import httpx
 from fhir_client import FhirClient
 from fhir_client.errors import TokenRequestError, UnexpectedResponseError
 
-from .config import Settings
+from ..config import Settings
 
 __all__ = ["EXIT_BITS", "Check", "run_checks", "check_config"]
 

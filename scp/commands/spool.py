@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from .config import Settings
-from .spool import Spool
+from ..config import Settings
+from ..spool import Spool
 
 __all__ = ["run_spool_command"]
 

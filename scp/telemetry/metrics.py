@@ -32,7 +32,7 @@ does for prometheus_client's live gauges). :meth:`WorkerMetricsStore.reset` empt
 directory at daemon start: counters start at zero with each run, as Prometheus expects.
 
 The worker also publishes its **FHIR contact state** here (last time the server gave a final
-answer; since when requests fail), which ``scp.health`` turns into readiness. No metric
+answer; since when requests fail), which ``scp.telemetry.health`` turns into readiness. No metric
 carries patient data: labels are calling AE titles, C-STORE statuses and fixed reasons.
 """
 
@@ -47,7 +47,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import structlog
 from prometheus_client import CollectorRegistry, generate_latest
@@ -55,7 +55,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from fhir_client import SendResult
 
-from .spool import SpoolError, SpoolItem, SpoolStatus
+from ..delivery.reasons import DeadLetterReason
+from ..spool import SpoolError, SpoolItem, SpoolStatus
 
 __all__ = [
     "DELIVERY_LATENCY_BUCKETS_S",
@@ -64,7 +65,6 @@ __all__ = [
     "SEND_BUCKETS_S",
     "CachedSpoolStatus",
     "DaemonMetrics",
-    "DeadLetterReason",
     "FhirContact",
     "SpoolBacklog",
     "WorkerMetrics",
@@ -91,9 +91,6 @@ DELIVERY_LATENCY_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 3
 """Seconds from received (spooled) to delivered: sub-second normally, hours after an outage."""
 SEND_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 """Seconds of one delivery (``FhirClient.send``: every attempt and wait of one Bundle)."""
-
-DeadLetterReason = Literal["unmappable", "rejected", "retries_exhausted"]
-"""Why an item went to ``failed/``: mapping failed, the server refused it (4xx), retries ran out."""
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -293,7 +290,7 @@ class WorkerMetrics:
                 os.close(self._fd)
                 self._fd = None
 
-    # -- the forwarder's settle points (the same methods as scp.audit.AuditTrail) ----------
+    # -- the forwarder's settle points (the same methods as scp.telemetry.audit.AuditTrail) ----------
 
     def delivered(self, item: SpoolItem, sent: SendResult, bundle: object = None) -> None:
         """A Bundle was delivered: count it, its latency since the SR was received, and the

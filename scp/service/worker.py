@@ -1,6 +1,6 @@
 """The worker process: runs the forwarder off the listener's interpreter.
 
-Started by the daemon as ``python -m scp.worker [--config FILE]``. It dies with its parent
+Started by the daemon as ``python -m scp.service.worker [--config FILE]``. It dies with its parent
 (PR_SET_PDEATHSIG), holds the spool's consumer lock (so two workers never deliver the same
 item), and stops cleanly on SIGTERM/SIGINT: in-flight deliveries finish or stay pending.
 """
@@ -22,12 +22,12 @@ import structlog
 
 from fhir_client import FhirClient
 
-from .audit import AuditLog, AuditShipper, AuditSource, AuditTrail
-from .config import ConfigError, Settings, load_settings
-from .forwarder import DeliveryObserver, FhirDelivery, OutboxDelivery, run_forwarder
-from .logs import configure_logging
-from .metrics import WorkerMetrics, metrics_directory
-from .spool import Spool, SpoolLockedError
+from ..telemetry.audit import AuditLog, AuditShipper, AuditSource, AuditTrail
+from ..config import ConfigError, Settings, load_settings
+from ..delivery.forwarder import DeliveryObserver, FhirDelivery, OutboxDelivery, run_forwarder
+from ..telemetry.logs import configure_logging
+from ..telemetry.metrics import WorkerMetrics, metrics_directory
+from ..spool import Spool, SpoolLockedError
 
 __all__ = ["main", "PARENT_PID_ENV", "Heartbeat", "heartbeat_path"]
 

@@ -7,7 +7,7 @@ with a reason and one rendering the metrics. :class:`Readiness` is the daemon's 
 * not ready while the daemon is stopping or the DICOM listener does not accept associations;
 * not ready when FHIR requests have been failing (transport errors, 408, 429, 5xx) for longer
   than ``fhir_unreachable_after_s``, as the worker reports it through the metrics directory
-  (:class:`scp.metrics.FhirContact`);
+  (:class:`scp.telemetry.metrics.FhirContact`);
 * not ready when the backlog is over ``max_pending`` items or its oldest item is older than
   ``max_oldest_pending_age_s``.
 
@@ -26,15 +26,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Annotated, Self
+from typing import Self
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
 
+from ..config import ReadinessSettings
 from .metrics import FhirContact
-from .spool import SpoolError, SpoolStatus
+from ..spool import SpoolError, SpoolStatus
 
-__all__ = ["METRICS_CONTENT_TYPE", "HealthServer", "Readiness", "ReadinessSettings"]
+__all__ = ["METRICS_CONTENT_TYPE", "HealthServer", "Readiness"]
 
 log = structlog.get_logger()
 
@@ -46,28 +46,12 @@ REQUEST_TIMEOUT_S = 10.0
 Clock = Callable[[], float]
 
 
-class ReadinessSettings(BaseModel):
-    """When ``/readyz`` says 503 (see :mod:`scp.health`).
-
-    ``fhir_unreachable_after_s``: FHIR requests failing without a final answer for longer than
-    this. ``max_pending``: more SR instances waiting for delivery than this (``null``: no
-    limit). ``max_oldest_pending_age_s``: the oldest waiting instance is older (``null``: no
-    limit).
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    fhir_unreachable_after_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 300.0
-    max_pending: Annotated[int, Field(ge=1)] | None = 10_000
-    max_oldest_pending_age_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
-
-
 @dataclass(frozen=True)
 class Readiness:
     """The daemon's readiness check: call it for ``(ready, reason)``.
 
     ``listener_up`` says whether the DICOM listener accepts associations; ``fhir_contact``
-    gives the worker's FHIR contact state (:meth:`scp.metrics.WorkerMetricsStore.fhir_contact`);
+    gives the worker's FHIR contact state (:meth:`scp.telemetry.metrics.WorkerMetricsStore.fhir_contact`);
     ``spool_status`` is :meth:`scp.spool.Spool.status`; ``stopping`` is true once shutdown
     began. ``clock`` is Unix time (injectable for tests).
     """
@@ -207,7 +191,7 @@ class HealthServer:
     """``/healthz``, ``/readyz`` and ``/metrics`` on ``host:port``, served from background threads.
 
     ``readiness`` returns ``(ready, reason)``: 200 or 503 with ``{"status", "reason"}``;
-    ``metrics`` returns the Prometheus text format (:func:`scp.metrics.render`). Port 0 binds
+    ``metrics`` returns the Prometheus text format (:func:`scp.telemetry.metrics.render`). Port 0 binds
     a free port; :attr:`port` tells which. ``start()`` binds (raising ``OSError`` when it
     cannot) and returns; ``stop()`` closes the socket and waits for the serving thread.
     """

@@ -34,7 +34,7 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from .config import LogSettings
+from ..config import LogSettings
 
 __all__ = ["PHI_KEYS", "REDACTED", "configure_logging", "redact_phi"]
 

@@ -53,10 +53,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
@@ -64,12 +63,11 @@ from fhir_client import FhirClient, FhirClientError, Outcome, SendResult
 from mapping.coding import DCM_SYSTEM
 from mapping.references import patient_reference
 
-from .metrics import DeadLetterReason
-from .spool import SpoolItem
+from ..delivery.reasons import DeadLetterReason
+from ..spool import SpoolItem
 
 __all__ = [
     "AuditLog",
-    "AuditSettings",
     "AuditShipper",
     "AuditSource",
     "AuditTrail",
@@ -97,31 +95,6 @@ _ROLE_REPORT = {"system": _OBJECT_ROLE, "code": "3", "display": "Report"}
 _ROLE_DOMAIN_RESOURCE = {"system": _OBJECT_ROLE, "code": "4", "display": "Domain Resource"}
 _OUT_OF_RESOURCES = range(0xA700, 0xA800)
 _WARNINGS = range(0xB000, 0xC000)
-
-
-class AuditSettings(BaseModel):
-    """The audit trail (see :mod:`scp.audit`). ``path: null`` = no audit trail.
-
-    ``include_phi``: put the SR's Patient ID into the events (off by default).
-    ``send_to_fhir``: the worker also PUTs the events to the FHIR server (needs ``path`` and
-    ``fhir.base_url``), ``send_batch_size`` per transaction, looking for new lines every
-    ``send_interval_s`` when idle.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    path: Path | None = Path("audit/sr2fhir-audit.jsonl")
-    include_phi: bool = False
-    send_to_fhir: bool = False
-    send_batch_size: Annotated[int, Field(ge=1, le=1000)] = 100
-    send_interval_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 5.0
-
-    @field_validator("send_to_fhir")
-    @classmethod
-    def _sending_needs_the_file(cls, value: bool, info: ValidationInfo) -> bool:
-        if value and "path" in info.data and info.data["path"] is None:
-            raise ValueError("sends the events of the audit file and needs audit.path")
-        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,7 +320,7 @@ class AuditTrail:
 
     Listener: ``store_answered(event, status)`` after each C-STORE. Worker:
     ``delivered`` / ``dead_lettered`` / ``deferred`` (the forwarder's observer methods, the
-    same as :class:`scp.metrics.WorkerMetrics`'). Daemon: ``application_started/stopped``.
+    same as :class:`scp.telemetry.metrics.WorkerMetrics`'). Daemon: ``application_started/stopped``.
     ``destination`` is the FHIR base URL (or the outbox's ``file:`` URI).
     """
 

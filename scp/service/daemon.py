@@ -5,7 +5,7 @@ worker process maps and delivers. On SIGTERM/SIGINT: stop accepting associations
 in-flight C-STOREs finish (bounded), stop the worker (its deliveries settle or stay queued),
 exit 0. A worker that dies unexpectedly is restarted.
 
-Under systemd (``Type=notify``, see :mod:`scp.systemd` and ``deploy/sr2fhir.service``) the
+Under systemd (``Type=notify``, see :mod:`scp.service.systemd` and ``deploy/sr2fhir.service``) the
 supervise loop is the health loop: ``READY=1`` once the port is bound and the spool open,
 ``WATCHDOG=1`` every tick while the listener's acceptor thread runs and the worker's
 heartbeat moves, ``STATUS=`` with the backlog, ``STOPPING=1`` on shutdown. Only this process
@@ -25,12 +25,12 @@ from pathlib import Path
 
 import structlog
 
-from .audit import AuditLog, AuditSource, AuditTrail
-from .config import Settings
-from .dicom_tls import server_ssl_context
-from .health import HealthServer, Readiness
-from .listener import ListenerPolicy, StoreObserver, start_listener
-from .metrics import (
+from ..telemetry.audit import AuditLog, AuditSource, AuditTrail
+from ..config import Settings
+from ..dicom.tls import server_ssl_context
+from ..telemetry.health import HealthServer, Readiness
+from ..dicom.listener import ListenerPolicy, StoreObserver, start_listener
+from ..telemetry.metrics import (
     CachedSpoolStatus,
     DaemonMetrics,
     SpoolBacklog,
@@ -39,7 +39,7 @@ from .metrics import (
     metrics_directory,
     render,
 )
-from .spool import Spool
+from ..spool import Spool
 from .systemd import Health, Notifier, Sampler, ServiceMonitor, without_notify_env
 from .worker import PARENT_PID_ENV, heartbeat_path
 
@@ -58,7 +58,7 @@ STATUS_INTERVAL_S = 5.0
 
 
 class WorkerProcess:
-    """The forwarder in its own interpreter (``python -m scp.worker``)."""
+    """The forwarder in its own interpreter (``python -m scp.service.worker``)."""
 
     def __init__(self, config_path: Path | None) -> None:
         self._config_path = config_path
@@ -66,7 +66,7 @@ class WorkerProcess:
         self.restarts = 0
 
     def start(self) -> None:
-        command = [sys.executable, "-m", "scp.worker"]
+        command = [sys.executable, "-m", "scp.service.worker"]
         if self._config_path is not None:
             command += ["--config", str(self._config_path)]
         # The worker must never talk to systemd (NotifyAccess=main would drop it anyway).

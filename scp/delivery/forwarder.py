@@ -1,6 +1,6 @@
 """The forwarder: take spooled SRs oldest first, map them, deliver them, settle them.
 
-Runs in the worker process (``scp.worker``), never in the listener's interpreter. Each item
+Runs in the worker process (``scp.service.worker``), never in the listener's interpreter. Each item
 ends in exactly one place: delivered (``mark_delivered``), dead-lettered with its reason
 (``dead_letter``), or still pending (a shutdown interrupted it; it is picked up again on the
 next start). Delivery is idempotent (deterministic ids), so an item delivered twice after a
@@ -27,8 +27,8 @@ from structlog.contextvars import bound_contextvars
 from fhir_client import FhirClient, Outcome, SendResult
 from mapping import MappingError, MappingOptions, map_sr, serialize
 
-from .metrics import DeadLetterReason
-from .spool import SpoolConsumer, SpoolItem
+from .reasons import DeadLetterReason
+from ..spool import SpoolConsumer, SpoolItem
 
 __all__ = ["Delivery", "DeliveryObserver", "OutboxDelivery", "FhirDelivery", "ForwarderStats", "run_forwarder",
            "process_item"]
@@ -46,8 +46,8 @@ class Delivery(Protocol):
 
 
 class DeliveryObserver(Protocol):
-    """Told how each item was settled (:class:`scp.metrics.WorkerMetrics`,
-    :class:`scp.audit.AuditTrail`). Implementations never raise."""
+    """Told how each item was settled (:class:`scp.telemetry.metrics.WorkerMetrics`,
+    :class:`scp.telemetry.audit.AuditTrail`). Implementations never raise."""
 
     def delivered(self, item: SpoolItem, sent: SendResult, bundle: dict[str, Any]) -> None: ...
 
