@@ -10,15 +10,13 @@ crash changes nothing on the server.
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import pydicom
 import structlog
@@ -27,11 +25,13 @@ from structlog.contextvars import bound_contextvars
 from fhir_client import FhirClient, Outcome, SendResult
 from mapping import MappingError, MappingOptions, map_sr, serialize
 
+from ..common.files import write_atomically
+from ..common.waiting import wait_or_timeout
 from .reasons import DeadLetterReason
 from ..spool import SpoolConsumer, SpoolItem
 
-__all__ = ["Delivery", "DeliveryObserver", "OutboxDelivery", "FhirDelivery", "ForwarderStats", "run_forwarder",
-           "process_item"]
+__all__ = ["Delivery", "DeliveryObserver", "OutboxDelivery", "FhirDelivery", "ForwarderStats", "Settlement",
+           "run_forwarder", "process_item"]
 
 log = structlog.get_logger()
 
@@ -72,21 +72,7 @@ class OutboxDelivery:
         start = time.monotonic()
         target = self.directory / f"{sop_instance_uid}.json"
         data = serialize(bundle, indent=2) + b"\n"
-        fd, temp = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temp, target)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomically(target, data)
         return SendResult(Outcome.DELIVERED, None, None, f"written to {target}", 1, time.monotonic() - start)
 
 
@@ -162,6 +148,10 @@ class ForwarderStats:
     deferred: int = 0
 
 
+Settlement = Literal["delivered", "dead_lettered", "deferred"]
+"""How :func:`process_item` left an item: done, in ``failed/``, or still pending."""
+
+
 async def process_item(
     item: SpoolItem,
     consumer: SpoolConsumer,
@@ -170,20 +160,18 @@ async def process_item(
     stop: asyncio.Event,
     stats: ForwarderStats,
     observers: Sequence[DeliveryObserver] = (),
-) -> None:
+) -> Settlement:
     """Map and deliver one spooled item and settle it; never raises for bad input."""
     with bound_contextvars(sop_instance_uid=item.sop_instance_uid, spool_id=item.id):
         start = time.monotonic()
         try:
             result = map_sr(pydicom.dcmread(BytesIO(item.read())), options)
         except MappingError as exc:
-            _dead_letter(consumer, item, stats, reason=f"mapping failed: {exc}", kind="unmappable",
-                         observers=observers)
-            return
+            return _dead_letter(consumer, item, stats, reason="unmappable", detail=f"mapping failed: {exc}",
+                                observers=observers)
         except Exception as exc:  # noqa: BLE001 - the per-item boundary: dead-letter, go on
-            _dead_letter(consumer, item, stats, reason=f"unreadable SR: {type(exc).__name__}: {str(exc)[:300]}",
-                         kind="unmappable", observers=observers)
-            return
+            return _dead_letter(consumer, item, stats, reason="unmappable",
+                                detail=f"unreadable SR: {type(exc).__name__}: {str(exc)[:300]}", observers=observers)
         for note in result.skipped:
             log.info("mapping_item_skipped", content_path=note.path, concept=note.concept, reason=note.reason)
         try:
@@ -193,7 +181,7 @@ async def process_item(
             stats.deferred += 1
             for observer in observers:
                 observer.deferred(item, None)
-            return
+            return "deferred"
         duration_ms = round((time.monotonic() - start) * 1000, 1)
         if sent.outcome is Outcome.DELIVERED:
             consumer.mark_delivered(item)
@@ -202,24 +190,26 @@ async def process_item(
                 observer.delivered(item, sent, result.bundle)
             log.info("bundle_delivered", attempts=sent.attempts, status_code=sent.status_code,
                      resources=len(result.bundle["entry"]), duration_ms=duration_ms)
-        elif sent.outcome is Outcome.REJECTED:
-            _dead_letter(consumer, item, stats, reason=f"rejected by the FHIR server: {sent.diagnostics}", sent=sent,
-                         kind="rejected", bundle=result.bundle, observers=observers)
-        elif stop.is_set():
+            return "delivered"
+        if sent.outcome is Outcome.REJECTED:
+            return _dead_letter(consumer, item, stats, reason="rejected", sent=sent, bundle=result.bundle,
+                                detail=f"rejected by the FHIR server: {sent.diagnostics}", observers=observers)
+        if stop.is_set():
             stats.deferred += 1  # interrupted by shutdown: stays pending for the next start
             log.info("bundle_deferred", attempts=sent.attempts, reason="shutdown")
             for observer in observers:
                 observer.deferred(item, sent)
-        else:
-            _dead_letter(consumer, item, stats, reason=f"retries exhausted: {sent.diagnostics}", sent=sent,
-                         kind="retries_exhausted", bundle=result.bundle, observers=observers)
+            return "deferred"
+        return _dead_letter(consumer, item, stats, reason="retries_exhausted", sent=sent, bundle=result.bundle,
+                            detail=f"retries exhausted: {sent.diagnostics}", observers=observers)
 
 
-def _dead_letter(consumer: SpoolConsumer, item: SpoolItem, stats: ForwarderStats, *, reason: str,
-                 kind: DeadLetterReason, sent: SendResult | None = None, bundle: dict[str, Any] | None = None,
-                 observers: Sequence[DeliveryObserver] = ()) -> None:
+def _dead_letter(consumer: SpoolConsumer, item: SpoolItem, stats: ForwarderStats, *, reason: DeadLetterReason,
+                 detail: str, sent: SendResult | None = None, bundle: dict[str, Any] | None = None,
+                 observers: Sequence[DeliveryObserver] = ()) -> Settlement:
+    """Move ``item`` to ``failed/`` for ``reason``; ``detail`` is the sidecar's human-readable reason."""
     sidecar = {
-        "reason": reason,
+        "reason": detail,
         "sop_instance_uid": item.sop_instance_uid,
         "sop_class_uid": item.sop_class_uid,
         "calling_ae": item.calling_ae,
@@ -232,8 +222,9 @@ def _dead_letter(consumer: SpoolConsumer, item: SpoolItem, stats: ForwarderStats
     consumer.dead_letter(item, sidecar)
     stats.failed += 1
     for observer in observers:
-        observer.dead_lettered(item, kind, sent, bundle)
-    log.warning("bundle_rejected", reason=reason, status_code=sidecar["http_status"], attempts=sidecar["attempts"])
+        observer.dead_lettered(item, reason, sent, bundle)
+    log.warning("bundle_rejected", reason=detail, status_code=sidecar["http_status"], attempts=sidecar["attempts"])
+    return "dead_lettered"
 
 
 async def run_forwarder(
@@ -259,11 +250,11 @@ async def run_forwarder(
     not_before: dict[str, float] = {}  # deferred items wait before their next try
 
     async def run(item: SpoolItem) -> None:
-        deferred = stats.deferred
+        settled: Settlement | None = None
         try:
-            await process_item(item, consumer, delivery, options, stop, stats, observers)
+            settled = await process_item(item, consumer, delivery, options, stop, stats, observers)
         finally:
-            if stats.deferred > deferred:
+            if settled == "deferred":
                 not_before[item.id] = time.monotonic() + DEFERRED_RETRY_S
             else:
                 not_before.pop(item.id, None)
@@ -285,10 +276,7 @@ async def run_forwarder(
         if not fresh:
             if on_idle is not None and not in_flight:
                 await on_idle()
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=poll_interval_s)
-            except TimeoutError:
-                pass
+            await wait_or_timeout(stop, poll_interval_s)
         elif len(in_flight) >= concurrency:
             await asyncio.wait(list(in_flight.values()), return_when=asyncio.FIRST_COMPLETED)
     if in_flight:
@@ -306,7 +294,4 @@ async def _tick(on_tick: Callable[[], None], stop: asyncio.Event, interval_s: fl
     """
     while not stop.is_set():
         on_tick()
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=interval_s)
-        except TimeoutError:
-            pass
+        await wait_or_timeout(stop, interval_s)

@@ -40,7 +40,7 @@ from ..telemetry.metrics import (
     render,
 )
 from ..spool import Spool
-from .systemd import Health, Notifier, Sampler, ServiceMonitor, without_notify_env
+from .systemd import Notifier, ProgressCheck, Sampler, ServiceMonitor, without_notify_env
 from .worker import PARENT_PID_ENV, heartbeat_path
 
 __all__ = ["WorkerProcess", "serve"]
@@ -134,7 +134,7 @@ def serve(settings: Settings, config_path: Path | None) -> int:
              spool_directory=str(settings.spool.directory),
              target=str(settings.fhir.base_url) if settings.fhir.base_url else f"outbox {settings.fhir.outbox_directory}")
     listener_alive = _acceptor_alive()
-    health = Health(listener_alive=listener_alive, heartbeat=heartbeat_path(settings.spool.directory),
+    health = ProgressCheck(listener_alive=listener_alive, heartbeat=heartbeat_path(settings.spool.directory),
                     stale_after_s=settings.health.worker_stale_after_s)
     endpoint: HealthServer | None = None
     if settings.health.port is not None:

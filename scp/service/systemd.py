@@ -8,7 +8,7 @@ process; ``WATCHDOG=1`` is then due every half of that interval (``sd_watchdog_e
 Without ``$NOTIFY_SOCKET`` (not started by systemd as ``Type=notify``), :class:`Notifier`
 does nothing. Child processes must not inherit the variables: :func:`without_notify_env`.
 
-:class:`Health` decides whether ``WATCHDOG=1`` may be sent: the listener's acceptor thread
+:class:`ProgressCheck` decides whether ``WATCHDOG=1`` may be sent: the listener's acceptor thread
 is alive, and the worker's heartbeat file (touched at least once a second while its
 forwarding loop turns) has changed within the last ``stale_after_s`` (a new worker has
 ``start_grace_s`` for its first beat). A worker that has exited is the supervisor's business
@@ -26,7 +26,9 @@ from pathlib import Path
 
 import structlog
 
-__all__ = ["NOTIFY_ENV", "Health", "Notifier", "Sampler", "ServiceMonitor", "without_notify_env"]
+from ..common.times import Clock
+
+__all__ = ["NOTIFY_ENV", "ProgressCheck", "Notifier", "Sampler", "ServiceMonitor", "without_notify_env"]
 
 log = structlog.get_logger()
 
@@ -108,7 +110,7 @@ def _watchdog_timeout_s(environ: Mapping[str, str], pid: int) -> float | None:
     return usec / 1_000_000 if usec > 0 and watchdog_pid == pid else None
 
 
-class Health:
+class ProgressCheck:
     """Whether the daemon is making progress; :meth:`problem` names what is stuck, or None.
 
     The heartbeat's age is measured on our monotonic clock from the moment we saw its mtime
@@ -117,7 +119,7 @@ class Health:
     """
 
     def __init__(self, *, listener_alive: Callable[[], bool], heartbeat: Path, stale_after_s: float,
-                 start_grace_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 start_grace_s: float = 60.0, clock: Clock = time.monotonic) -> None:
         self._listener_alive = listener_alive
         self._heartbeat = heartbeat
         self.stale_after_s = stale_after_s
@@ -192,7 +194,7 @@ class Sampler:
 
 class ServiceMonitor:
     """What the daemon tells systemd: ``READY=1`` with a ``STATUS=`` line, then on every
-    :meth:`tick` ``WATCHDOG=1`` while :class:`Health` finds nothing stuck, the ``STATUS=``
+    :meth:`tick` ``WATCHDOG=1`` while :class:`ProgressCheck` finds nothing stuck, the ``STATUS=``
     line again after every new backlog sample and whenever the watchdog is withheld or
     resumes (so the datagram stream itself marks the change), and ``STOPPING=1``.
 
@@ -200,7 +202,7 @@ class ServiceMonitor:
     systemd listens. Without a watchdog, health is not judged and nothing is withheld.
     """
 
-    def __init__(self, notifier: Notifier, health: Health, backlog: Sampler, *, max_tick_s: float = 0.5) -> None:
+    def __init__(self, notifier: Notifier, health: ProgressCheck, backlog: Sampler, *, max_tick_s: float = 0.5) -> None:
         self._notifier = notifier
         self._health = health
         self._backlog = backlog

@@ -16,7 +16,6 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import structlog
 
@@ -24,7 +23,14 @@ from fhir_client import FhirClient
 
 from ..telemetry.audit import AuditLog, AuditShipper, AuditSource, AuditTrail
 from ..config import ConfigError, Settings, load_settings
-from ..delivery.forwarder import DeliveryObserver, FhirDelivery, OutboxDelivery, run_forwarder
+from ..delivery.forwarder import (
+    Delivery,
+    DeliveryObserver,
+    FhirDelivery,
+    ForwarderStats,
+    OutboxDelivery,
+    run_forwarder,
+)
 from ..telemetry.logs import configure_logging
 from ..telemetry.metrics import WorkerMetrics, metrics_directory
 from ..spool import Spool, SpoolLockedError
@@ -110,17 +116,18 @@ async def forward(settings: Settings) -> int:
         observers.append(AuditTrail(audit_log, AuditSource(settings.dicom.ae_title), destination=destination,
                                     include_phi=audit.include_phi))
     try:
-        forwarder: dict[str, Any] = {
-            "concurrency": settings.forwarder.concurrency,
-            "poll_interval_s": settings.forwarder.poll_interval_s,
-            "batch_size": settings.forwarder.batch_size,
-            "on_tick": Heartbeat(heartbeat_path(settings.spool.directory)).beat,
-            "observers": observers,
-        }
+        heartbeat = Heartbeat(heartbeat_path(settings.spool.directory))
+
+        async def forward_to(delivery: Delivery) -> ForwarderStats:
+            return await run_forwarder(
+                consumer, delivery, settings.mapping, stop, concurrency=settings.forwarder.concurrency,
+                poll_interval_s=settings.forwarder.poll_interval_s, batch_size=settings.forwarder.batch_size,
+                on_tick=heartbeat.beat, observers=observers,
+            )
+
         if settings.fhir.base_url is None:
             log.info("worker_started", target="outbox", outbox_directory=str(settings.fhir.outbox_directory))
-            stats = await run_forwarder(consumer, OutboxDelivery(settings.fhir.outbox_directory), settings.mapping,
-                                        stop, **forwarder)
+            stats = await forward_to(OutboxDelivery(settings.fhir.outbox_directory))
         else:
             log.info("worker_started", target="fhir", base_url=str(settings.fhir.base_url))
             async with FhirClient(settings.fhir, shutdown=stop, sleep=metrics.wrap_sleep(asyncio.sleep)) as client:
@@ -128,8 +135,7 @@ async def forward(settings: Settings) -> int:
                 if audit.send_to_fhir and audit.path is not None:
                     shipper = AuditShipper(audit.path, batch_size=audit.send_batch_size)
                     shipping = asyncio.create_task(shipper.run(client, stop, interval_s=audit.send_interval_s))
-                stats = await run_forwarder(consumer, FhirDelivery(client, settings.fhir.reference_mode),
-                                            settings.mapping, stop, **forwarder)
+                stats = await forward_to(FhirDelivery(client, settings.fhir.reference_mode))
                 if shipping is not None:
                     await shipping
         log.info("worker_stopped", delivered=stats.delivered, failed=stats.failed, deferred=stats.deferred)

@@ -30,6 +30,7 @@ from typing import Self
 
 import structlog
 
+from ..common.times import Clock, epoch_seconds
 from ..config import ReadinessSettings
 from .metrics import FhirContact
 from ..spool import SpoolError, SpoolStatus
@@ -43,7 +44,6 @@ _JSON = "application/json"
 REQUEST_TIMEOUT_S = 10.0
 """A probe connection idle for longer is closed (no thread is held by a stalled client)."""
 
-Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)
@@ -96,11 +96,10 @@ class Readiness:
         if settings.max_pending is not None and status.pending > settings.max_pending:
             return f"backlog of {status.pending} pending > {settings.max_pending}"
         if settings.max_oldest_pending_age_s is not None and status.oldest_pending_received_at:
-            try:
-                oldest = datetime.fromisoformat(status.oldest_pending_received_at)
-            except ValueError:
+            oldest = epoch_seconds(status.oldest_pending_received_at)
+            if oldest is None:
                 return None
-            age_s = self.clock() - (oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)).timestamp()
+            age_s = self.clock() - oldest
             if age_s > settings.max_oldest_pending_age_s:
                 return f"oldest pending item waits {age_s:.0f} s > {settings.max_oldest_pending_age_s:g} s"
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
 import shutil
@@ -218,4 +219,4 @@ def test_one_canonical_line_per_association(daemon):
     closed = daemon.wait_for("association_closed")
     assert closed["calling_ae"] == "MODALITY" and closed["peer_address"] == "127.0.0.1"
     assert closed["ended"] == "released" and closed["stores"] == 2 and closed["refused"] == 0
-    assert closed["duration_ms"] >= 0
+    assert isinstance(closed["duration_ms"], int | float) and math.isfinite(closed["duration_ms"])

@@ -78,6 +78,7 @@ class PacedSender(threading.Thread):
             self.stop.wait(self.interval_s)
 
 
+@pytest.mark.soak
 def test_fhir_server_down_for_60_s_srs_are_acknowledged_meanwhile_and_all_delivered_after(fhir_server, tmp_path):
     with FaultProxy(fhir_server.base_url) as proxy:
         config = fhir_config(tmp_path, proxy.base_url)

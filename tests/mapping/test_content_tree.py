@@ -7,13 +7,14 @@ from io import BytesIO
 
 import pydicom
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.valuerep import PersonName
 
 from mapping import MappingError, map_sr, serialize
 from mapping.content_tree import read_content_tree
-from mapping.raw_items import RawParseError, parse_sequence
+from mapping.raw_items import RawItem, RawParseError, parse_sequence
 from tests import sr_builders as sr
 from tests.conformance import SAMPLES, require_shared
 from tests.report_fixtures import every_profile_report
@@ -107,12 +108,17 @@ def test_raw_parser_raises_only_parse_errors_on_garbage(data, implicit):
         items = parse_sequence(data, implicit_vr=implicit, encodings=("iso8859",))
     except RawParseError:
         return
+    assert all(isinstance(item, RawItem) for item in items)
     for item in items:
         for tag in (0x0040A040, 0x0040A043, 0x0040A160, 0x0040A730, 0x00700022):
             try:
-                item.value(tag)
-            except (ValueError, LookupError):
-                pass
+                value = item.value(tag)
+            except (ValueError, LookupError) as exc:  # a malformed value is reported, never guessed
+                assert str(exc)
+                continue
+            # A value is absent, decoded to a scalar, or a (list of) items / numbers: never raw garbage
+            # passed off as text.
+            assert value is None or isinstance(value, (str, int, float, bytes, list, tuple, PersonName)), type(value)
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -128,9 +134,11 @@ def test_corrupted_part10_bytes_give_a_bundle_or_a_mapping_error(data):
     try:
         ds = pydicom.dcmread(BytesIO(bytes(original)))
     except Exception:  # noqa: BLE001 - pydicom refusing the file is not the subject here
-        return
+        reject()
     try:
         result = map_sr(ds)
-    except MappingError:
+    except MappingError as exc:
+        assert str(exc), "a MappingError says what is wrong"
         return
     assert result.bundle["type"] == "transaction"
+    assert all(isinstance(entry["resource"]["resourceType"], str) for entry in result.bundle["entry"])

@@ -18,7 +18,7 @@ import pytest
 
 from scp.service import daemon
 from scp.telemetry.metrics import DaemonMetrics, WorkerMetricsStore, metrics_directory
-from scp.service.systemd import Health, Notifier, Sampler, ServiceMonitor, without_notify_env
+from scp.service.systemd import ProgressCheck, Notifier, Sampler, ServiceMonitor, without_notify_env
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "deploy" / "sr2fhir.service"
@@ -139,13 +139,13 @@ def test_child_environments_lose_the_notify_variables():
     assert without_notify_env(environ) == {"PATH": "/bin"}
 
 
-# --------------------------------------------------------------------------- Health
+# --------------------------------------------------------------------------- ProgressCheck
 
 
-def make_health(tmp_path: Path, clock: FakeClock, *, alive: list[bool] | None = None) -> tuple[Health, Path]:
+def make_health(tmp_path: Path, clock: FakeClock, *, alive: list[bool] | None = None) -> tuple[ProgressCheck, Path]:
     heartbeat = tmp_path / "worker.heartbeat"
     state = alive if alive is not None else [True]
-    health = Health(listener_alive=lambda: state[0], heartbeat=heartbeat, stale_after_s=2.0, start_grace_s=10.0,
+    health = ProgressCheck(listener_alive=lambda: state[0], heartbeat=heartbeat, stale_after_s=2.0, start_grace_s=10.0,
                     clock=clock)
     return health, heartbeat
 
