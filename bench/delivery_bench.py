@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import QuietDaemon  # noqa: E402
 from bench.ingest_bench import push, write_reports  # noqa: E402
-from tests.daemon_process import write_config  # noqa: E402
-from tests.fault_proxy import FaultProxy, delay  # noqa: E402
+from tests.support.daemon_process import write_config  # noqa: E402
+from tests.support.fault_proxy import FaultProxy, delay  # noqa: E402
 from tests.fhir_server import FhirServer  # noqa: E402
 
 

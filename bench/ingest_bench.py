@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests import sr_builders as sr  # noqa: E402
+from tests.support import sr_builders as sr  # noqa: E402
 from bench.harness import QuietDaemon  # noqa: E402
-from tests.daemon_process import write_config  # noqa: E402
+from tests.support.daemon_process import write_config  # noqa: E402
 
 BARE_SCP = """
 import socket, sys

@@ -32,7 +32,7 @@ import highdicom  # noqa: E402
 import pydicom  # noqa: E402
 
 from mapping import map_sr, serialize  # noqa: E402
-from tests import sr_builders as sr  # noqa: E402
+from tests.support import sr_builders as sr  # noqa: E402
 
 
 def small_report() -> bytes:

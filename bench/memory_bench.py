@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import QuietDaemon, rss_kib  # noqa: E402
 from bench.ingest_bench import write_reports  # noqa: E402
-from tests.daemon_process import write_config  # noqa: E402
+from tests.support.daemon_process import write_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

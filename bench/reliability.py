@@ -7,7 +7,7 @@ Run from the repository root (root is needed for ``disk-full``, which mounts a t
                                                        # disk-full | hostile | all
 
 Every scenario runs ``sr2fhir serve`` as a subprocess on 127.0.0.1 against a fresh loopback
-FHIR server (``tests/fhir_server``), through the fault proxy (``tests/fault_proxy.py``) where
+FHIR server (``tests/fhir_server``), through the fault proxy (``tests/support/fault_proxy.py``) where
 faults are injected, and prints:
 
 - instances sent (C-STOREs started, one per distinct SOP instance), acknowledged (0x0000),
@@ -48,10 +48,10 @@ from pynetdicom import AE, evt  # noqa: E402
 from mapping import map_sr  # noqa: E402
 from scp.cli import main as cli_main  # noqa: E402
 from scp.spool import Spool  # noqa: E402
-from tests import sr_builders as sr  # noqa: E402
-from tests.daemon_process import DaemonProcess, write_config  # noqa: E402
-from tests.dicom_wire import EXPLICIT_VR_LE, PeerClosed, RawAssociation, encode_dataset  # noqa: E402
-from tests.fault_proxy import DROP, PASS, FaultProxy, reject_type, status  # noqa: E402
+from tests.support import sr_builders as sr  # noqa: E402
+from tests.support.daemon_process import DaemonProcess, write_config  # noqa: E402
+from tests.support.dicom_wire import EXPLICIT_VR_LE, PeerClosed, RawAssociation, encode_dataset  # noqa: E402
+from tests.support.fault_proxy import DROP, PASS, FaultProxy, reject_type, status  # noqa: E402
 from tests.fhir_server import FhirServer  # noqa: E402
 from tests.integration.test_hostile_input import (  # noqa: E402
     ABUSES,

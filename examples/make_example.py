@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests import sr_builders as sr  # noqa: E402
+from tests.support import sr_builders as sr  # noqa: E402
 
 OUTPUT = Path(__file__).resolve().parent / "measurement-report.dcm"
 

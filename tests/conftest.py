@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conformance import assert_conformant
+from tests.support.conformance import assert_conformant
 
 
 @pytest.fixture

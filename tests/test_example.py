@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from examples.make_example import example_report
-from tests import sr_builders as sr
+from tests.support import sr_builders as sr
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "measurement-report.dcm"
 

@@ -1,4 +1,4 @@
-"""Tests for tests/sr_builders.py: the TID 1500 documents it builds are what the mapping tests
+"""Tests for tests/support/sr_builders.py: the TID 1500 documents it builds are what the mapping tests
 rely on, so check values at their DICOM paths, byte stability, and that highdicom (an
 independent TID 1500 reader) understands them."""
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from tests import sr_builders as b
+from tests.support import sr_builders as b
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 from pynetdicom import AE
 
 from mapping import map_sr
-from tests.daemon_process import DaemonProcess, write_config
+from tests.support.daemon_process import DaemonProcess, write_config
 from tests.integration.test_daemon import report
 from tests.integration.test_delivery import FAST_RETRY
 

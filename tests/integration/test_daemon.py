@@ -18,8 +18,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
 from scp.cli import main as cli_main
-from tests import sr_builders as sr
-from tests.daemon_process import DaemonProcess, write_config
+from tests.support import sr_builders as sr
+from tests.support.daemon_process import DaemonProcess, write_config
 
 pytestmark = pytest.mark.integration
 

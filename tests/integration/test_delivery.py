@@ -10,9 +10,9 @@ import pytest
 
 from mapping import map_sr
 from scp.cli import main as cli_main
-from tests import sr_builders as sr
-from tests.daemon_process import DaemonProcess, write_config
-from tests.fault_proxy import DROP, PASS, FaultProxy, reject_type, status
+from tests.support import sr_builders as sr
+from tests.support.daemon_process import DaemonProcess, write_config
+from tests.support.fault_proxy import DROP, PASS, FaultProxy, reject_type, status
 from tests.integration.test_daemon import report, send
 
 pytestmark = pytest.mark.integration

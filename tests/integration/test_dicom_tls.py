@@ -26,7 +26,7 @@ from scp.config import load_settings
 from scp.dicom.tls import build_server_context, server_ssl_context
 from scp.dicom.listener import SUCCESS, Listener, start_listener
 from scp.spool import Spool, SpoolWriter
-from tests.daemon_process import DaemonProcess, write_config
+from tests.support.daemon_process import DaemonProcess, write_config
 from tests.scp.test_listener_security import LOCALHOST, LogCapture, Scu, logs, report, writer  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration

@@ -15,11 +15,11 @@ import httpx
 import pytest
 
 from mapping import MappingOptions, map_sr, serialize
-from tests import sr_builders as sr
-from tests.fault_proxy import DROP, PASS, FaultProxy, delay, operation_outcome, reject_type, status
+from tests.support import sr_builders as sr
+from tests.support.fault_proxy import DROP, PASS, FaultProxy, delay, operation_outcome, reject_type, status
 from tests.fhir_server import FhirServer
 from tests.fhir_server.fixtures import fhir_server, fresh_fhir_server  # noqa: F401  (fixtures)
-from tests.report_fixtures import every_profile_report
+from tests.support.report_fixtures import every_profile_report
 
 pytestmark = pytest.mark.integration
 

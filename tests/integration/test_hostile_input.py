@@ -1,7 +1,7 @@
 """Hostile input over the wire: the SCP keeps serving, spools nothing partial, leaks nothing.
 
 Real ``sr2fhir serve`` processes on 127.0.0.1; peers are pynetdicom (polite traffic) and
-:mod:`tests.dicom_wire` (raw PDUs: transfers cut off by A-ABORT, TCP RST, FIN or a release
+:mod:`tests.support.dicom_wire` (raw PDUs: transfers cut off by A-ABORT, TCP RST, FIN or a release
 request, oversized and unknown PDUs, garbage datasets). One daemon serves the whole module
 (``hostile``) and a :class:`Ledger` records every status it answered, so that at any point the
 multiset of ``sr_spooled`` events must equal the multiset of acknowledged instances.
@@ -42,9 +42,9 @@ from pynetdicom import AE, evt
 from mapping import map_sr
 from scp.cli import main as cli_main
 from scp.spool import Spool
-from tests import sr_builders as sr
-from tests.daemon_process import DaemonProcess, write_config
-from tests.dicom_wire import (
+from tests.support import sr_builders as sr
+from tests.support.daemon_process import DaemonProcess, write_config
+from tests.support.dicom_wire import (
     EXPLICIT_VR_LE,
     JPEG_BASELINE,
     P_DATA_TF,
@@ -56,7 +56,7 @@ from tests.dicom_wire import (
     pdu_header,
     pdv,
 )
-from tests.fault_proxy import PASS, FaultProxy, status
+from tests.support.fault_proxy import PASS, FaultProxy, status
 
 pytestmark = pytest.mark.integration
 

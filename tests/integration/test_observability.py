@@ -8,8 +8,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.daemon_process import DaemonProcess, write_config
-from tests.fault_proxy import DROP, PASS, FaultProxy
+from tests.support.daemon_process import DaemonProcess, write_config
+from tests.support.fault_proxy import DROP, PASS, FaultProxy
 from tests.integration.test_daemon import report, send
 
 pytestmark = pytest.mark.integration

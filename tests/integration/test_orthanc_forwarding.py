@@ -1,7 +1,7 @@
 """Field proof: a real Orthanc PACS auto-forwards what it stores to ``sr2fhir serve``.
 
 Orthanc (Debian package ``orthanc``, run as its own process with its own configuration, see
-``tests/orthanc_process.py``) has sr2fhir as a DICOM modality and a Lua rule
+``tests/support/orthanc_process.py``) has sr2fhir as a DICOM modality and a Lua rule
 ``OnStoredInstance -> SendToModality(instanceId, 'sr2fhir')``. The test uploads TID 1500 SRs of
 several kinds and SOP classes, and a CT image, into Orthanc through its REST API; Orthanc
 forwards each one with its own C-STORE SCU (DCMTK). sr2fhir must refuse the CT at negotiation
@@ -23,10 +23,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from mapping import map_sr
-from tests import sr_builders as sr
-from tests.daemon_process import DaemonProcess, write_config
+from tests.support import sr_builders as sr
+from tests.support.daemon_process import DaemonProcess, write_config
 from tests.integration.test_delivery import FAST_RETRY
-from tests.orthanc_process import OrthancProcess, find_orthanc, forward_all_lua
+from tests.support.orthanc_process import OrthancProcess, find_orthanc, forward_all_lua
 
 pytestmark = [
     pytest.mark.integration,
@@ -274,7 +274,7 @@ def _as_stored(value: Any, literal: dict[str, str]) -> Any:
 
 def test_orthanc_helper_reports_a_start_failure_with_its_log(tmp_path):
     """An unusable configuration: the helper raises with Orthanc's own words, leaves nothing running."""
-    from tests.orthanc_process import OrthancError
+    from tests.support.orthanc_process import OrthancError
 
     orthanc = OrthancProcess(tmp_path, config={"LuaScripts": [str(tmp_path / "missing.lua")]})
     with pytest.raises(OrthancError) as raised:

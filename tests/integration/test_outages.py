@@ -3,7 +3,7 @@ rejected SRs are dead-lettered with the server's words and come back with ``spoo
 
 Real peers only: ``sr2fhir serve`` as a subprocess, pynetdicom senders, the loopback FHIR
 server (``fhir_server``, shared by the session: assertions are about what each test adds) behind
-:class:`tests.fault_proxy.FaultProxy`, whose access log is the server-side truth for timing.
+:class:`tests.support.fault_proxy.FaultProxy`, whose access log is the server-side truth for timing.
 
 The outage test takes about 70 s (``SR2FHIR_OUTAGE_S`` shortens the outage; deselect it with
 ``-k "not down_for"``).
@@ -23,8 +23,8 @@ from pydicom.dataset import Dataset
 from mapping import map_sr
 from scp.cli import main as cli_main
 from scp.spool import Spool
-from tests.daemon_process import DaemonProcess, write_config
-from tests.fault_proxy import DROP, PASS, FaultProxy, reject_type, status
+from tests.support.daemon_process import DaemonProcess, write_config
+from tests.support.fault_proxy import DROP, PASS, FaultProxy, reject_type, status
 from tests.integration.test_hostile_input import good_sr, store, wait_outcome
 
 pytestmark = pytest.mark.integration

@@ -22,7 +22,7 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from tests.daemon_process import DaemonProcess, write_config
+from tests.support.daemon_process import DaemonProcess, write_config
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ import pytest
 
 from mapping import MappingOptions, map_sr, serialize
 from mapping.ids import content_id, report_scoped_id
-from tests import sr_builders as sr
-from tests.bundle_queries import one, resources
+from tests.support import sr_builders as sr
+from tests.support.bundle_queries import one, resources
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 

@@ -7,10 +7,10 @@ import pydicom
 import pytest
 
 from mapping import MappingError, MappingOptions, map_sr, serialize
-from tests import sr_builders as sr
-from tests.bundle_queries import profiles_of, resources
-from tests.conformance import SAMPLES, require_shared
-from tests.report_fixtures import every_profile_report
+from tests.support import sr_builders as sr
+from tests.support.bundle_queries import profiles_of, resources
+from tests.support.conformance import SAMPLES, require_shared
+from tests.support.report_fixtures import every_profile_report
 
 ALL_PROFILES = {
     "imaging-measurement-group", "imaging-measurement", "imaging-qualitative-evaluation", "derived-imaging-measurement",

@@ -35,9 +35,9 @@ from pydicom.dataset import Dataset
 from pydicom.sr._snomed_dict import mapping as SNOMED
 
 from mapping import MappingError, map_sr, serialize
-from tests import sr_builders as sr
-from tests.conformance import SAMPLES, require_shared
-from tests.report_fixtures import every_profile_report, fidelity_report
+from tests.support import sr_builders as sr
+from tests.support.conformance import SAMPLES, require_shared
+from tests.support.report_fixtures import every_profile_report, fidelity_report
 
 IG = "http://hl7.org/fhir/uv/dicom-sr/StructureDefinition/"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "measurement-report.dcm"

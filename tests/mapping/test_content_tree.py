@@ -15,9 +15,9 @@ from pydicom.valuerep import PersonName
 from mapping import MappingError, map_sr, serialize
 from mapping.content_tree import read_content_tree
 from mapping.raw_items import RawItem, RawParseError, parse_sequence
-from tests import sr_builders as sr
-from tests.conformance import SAMPLES, require_shared
-from tests.report_fixtures import every_profile_report
+from tests.support import sr_builders as sr
+from tests.support.conformance import SAMPLES, require_shared
+from tests.support.report_fixtures import every_profile_report
 
 
 def encode(ds, *, implicit=False, undefined_lengths=False) -> bytes:

@@ -6,7 +6,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from mapping import InvalidValue, MissingContentItem, NotAnSR, UnsupportedTemplate, map_sr
-from tests import sr_builders as sr
+from tests.support import sr_builders as sr
 
 
 def group():

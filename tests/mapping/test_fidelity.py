@@ -14,10 +14,10 @@ import pytest
 
 from mapping import MappingOptions, map_sr, serialize
 from mapping.bundle import BundleBuilder, ConflictingResources
-from tests import sr_builders as sr
-from tests.bundle_queries import deref, one, resources
-from tests.conformance import SAMPLES, require_shared
-from tests.report_fixtures import fidelity_report
+from tests.support import sr_builders as sr
+from tests.support.bundle_queries import deref, one, resources
+from tests.support.conformance import SAMPLES, require_shared
+from tests.support.report_fixtures import fidelity_report
 
 DERIVATION = sr.coded("121401", "DCM", "Derivation")
 MEAN = sr.coded("373098007", "SCT", "Mean")

@@ -14,8 +14,8 @@ import pytest
 from pydicom.dataset import Dataset
 
 from mapping import map_sr
-from tests.bundle_queries import coding, deref, full_url, one, profiles_of, resources
-from tests.conformance import IG_EXAMPLE_SR, require_shared
+from tests.support.bundle_queries import coding, deref, full_url, one, profiles_of, resources
+from tests.support.conformance import IG_EXAMPLE_SR, require_shared
 
 SCT = "http://snomed.info/sct"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"

@@ -9,8 +9,8 @@ import pydicom
 import pytest
 
 from mapping import MappingOptions, map_sr, serialize
-from tests import sr_builders as sr
-from tests.bundle_queries import deref, full_url, one, profiles_of, resources
+from tests.support import sr_builders as sr
+from tests.support.bundle_queries import deref, full_url, one, profiles_of, resources
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SCT = "http://snomed.info/sct"

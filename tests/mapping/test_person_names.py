@@ -17,8 +17,8 @@ import pytest
 from pydicom.dataelem import RawDataElement
 
 from mapping import map_sr
-from tests import sr_builders as sr
-from tests.bundle_queries import one, resources
+from tests.support import sr_builders as sr
+from tests.support.bundle_queries import one, resources
 
 EN_REPRESENTATION = "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation"
 JAPANESE = "Yamada^Tarou=山田^太郎=やまだ^たろう"

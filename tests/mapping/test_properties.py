@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from mapping import MappingError, MappingOptions, MappingResult, Skipped, map_sr, serialize
-from tests import sr_builders as sr
+from tests.support import sr_builders as sr
 
 # --- The base report ---------------------------------------------------------------------------
 

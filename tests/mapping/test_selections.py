@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mapping import map_sr
-from tests import sr_builders as sr
-from tests.bundle_queries import coding, deref, full_url, one, profiles_of, resources
+from tests.support import sr_builders as sr
+from tests.support.bundle_queries import coding, deref, full_url, one, profiles_of, resources
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SOP_SYSTEM = "https://dicom.nema.org/medical/dicom/current/output/chtml/part04/sect_B.5"

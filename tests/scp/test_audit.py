@@ -33,10 +33,10 @@ from scp.telemetry.audit import (
     resources_written,
 )
 from scp.telemetry.metrics import DaemonMetrics
-from tests.conformance import assert_conformant
+from tests.support.conformance import assert_conformant
 from tests.fhir_client.fakes import BASE_URL, make_client
 from tests.scp.test_metrics import Item, scrape, value
-from tests.sr_builders import COMPREHENSIVE_SR, LENGTH, MM, measurement_group, measurement_report, num_item, uid
+from tests.support.sr_builders import COMPREHENSIVE_SR, LENGTH, MM, measurement_group, measurement_report, num_item, uid
 
 PATIENT_ID = "PID-SECRET-4711"
 PATIENT_NAME = "Geheim^Gertrud"

@@ -8,8 +8,8 @@ import socket
 import pytest
 
 from scp.cli import main
-from tests.daemon_process import write_config
-from tests.fault_proxy import FaultProxy, status
+from tests.support.daemon_process import write_config
+from tests.support.fault_proxy import FaultProxy, status
 
 pytestmark = pytest.mark.integration
 

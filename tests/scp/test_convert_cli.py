@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from scp.cli import main
-from tests import sr_builders as sr
+from tests.support import sr_builders as sr
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_SR = REPO / "examples" / "measurement-report.dcm"

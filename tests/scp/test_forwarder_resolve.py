@@ -17,7 +17,7 @@ from mapping import MappingOptions, map_sr
 from scp.delivery.forwarder import FhirDelivery, resolve_logical_references
 from tests.fhir_client.fakes import delivered, fhir_json, make_client
 from tests.fhir_client.test_resolve import SearchServer
-from tests.sr_builders import LENGTH, MM, measurement_group, measurement_report, num_item
+from tests.support.sr_builders import LENGTH, MM, measurement_group, measurement_report, num_item
 
 STUDY_SYSTEM = "urn:dicom:uid"
 STUDY_VALUE = "urn:oid:1.2.3.4.5"

@@ -33,7 +33,7 @@ from scp.dicom.listener import (
     start_listener,
 )
 from scp.spool import Spool, SpoolWriter
-from tests import sr_builders as sr
+from tests.support import sr_builders as sr
 
 LOCALHOST = "127.0.0.1"
 

@@ -10,7 +10,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, 
 from pynetdicom.dsutils import create_file_meta, encode
 
 from scp.dicom.part10 import part10_bytes
-from tests import sr_builders as sr
+from tests.support import sr_builders as sr
 
 
 @pytest.mark.parametrize("transfer_syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian])

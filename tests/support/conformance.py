@@ -14,7 +14,7 @@ import pytest
 
 from mapping import serialize
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+SHARED = Path(__file__).resolve().parents[3] / "shared"
 VALIDATOR = SHARED / "tools" / "validate-ig"
 SAMPLES = SHARED / "samples" / "real"
 IG_EXAMPLE_SR = SHARED / "spec" / "ig" / "input" / "dicom" / "Example-MeasurementReport.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydicom.dataset import Dataset
 
-from tests import sr_builders as sr
+from tests.support import sr_builders as sr
 
 CT = sr.CT_IMAGE_STORAGE
 
