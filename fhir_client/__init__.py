@@ -8,14 +8,15 @@
 
 ``send()`` returns a :class:`SendResult` whose :class:`Outcome` says what to do
 with the Bundle (DELIVERED, REJECTED: dead-letter it, DEFERRED: keep it and try
-later); it does not raise for server behaviour. The retry policy lives in
+later, ENDPOINT: keep it and hold everything until the endpoint is fixed, see
+:class:`EndpointProblem`); it does not raise for server behaviour. The retry policy lives in
 :mod:`fhir_client.retry`, authentication flows in :mod:`fhir_client.auth`. This
 package knows nothing about DICOM.
 """
 
 from .client import FhirClient
 from .errors import ClientClosedError, FhirClientError, TokenRequestError, UnexpectedResponseError
-from .results import Outcome, SendResult
+from .results import EndpointProblem, Outcome, SendResult
 from .settings import (
     AuthSettings,
     BasicAuthSettings,
@@ -32,6 +33,7 @@ __all__ = [
     "BasicAuthSettings",
     "BearerAuthSettings",
     "ClientClosedError",
+    "EndpointProblem",
     "FhirClient",
     "FhirClientError",
     "FhirSettings",

@@ -24,8 +24,15 @@ import httpx
 import simplejson
 
 from .auth import build_auth
-from .errors import ClientClosedError, UnexpectedResponseError
-from .results import Outcome, SendResult, interpret_transaction_response, operation_outcome_text
+from .errors import ClientClosedError, FhirClientError, UnexpectedResponseError
+from .results import (
+    Outcome,
+    SendResult,
+    endpoint_problem_of_error,
+    interpret_transaction_response,
+    needs_base_check,
+    operation_outcome_text,
+)
 from .retry import Clock, RetryPolicy, RetryRun, Sleep
 from .settings import FhirSettings
 from .tls import build_ssl_context
@@ -129,9 +136,13 @@ class FhirClient:
         """POST a transaction Bundle to the base URL, retrying per the policy.
 
         The Bundle is serialised once, so every attempt sends the same bytes. Server
-        behaviour never raises: see :class:`Outcome` for what the result means. A
-        Bundle that is not ``type: transaction`` or not serialisable raises
-        ``ValueError``/``TypeError`` (a caller bug).
+        behaviour never raises: see :class:`Outcome` for what the result means (and
+        :mod:`fhir_client.results` for which answer is whose fault). When the final answer is
+        ambiguous (a 404, or a 4xx without an OperationOutcome) ``GET [base]/metadata`` is
+        asked once: a CapabilityStatement there means the server refused this Bundle
+        (REJECTED), anything else that the endpoint is wrong (ENDPOINT). A Bundle that is not
+        ``type: transaction`` or not serialisable raises ``ValueError``/``TypeError`` (a
+        caller bug).
         """
         self._check_usable()
         if not (isinstance(bundle, dict) and bundle.get("resourceType") == "Bundle"):
@@ -147,7 +158,11 @@ class FhirClient:
             return await self._http.post(self._base_url, content=content, headers=_TRANSACTION_HEADERS)
 
         run = await self._policy.run(post_once, operation="transaction")
-        return _send_result(run)
+        response = run.last.response
+        base_is_fhir = None
+        if not run.gave_up and response is not None and needs_base_check(response):
+            base_is_fhir = await self._base_is_fhir()
+        return _send_result(run, base_is_fhir)
 
     # -- configuration check -----------------------------------------------------
 
@@ -169,6 +184,14 @@ class FhirClient:
                 diagnostics=detail,
             )
         return body
+
+    async def _base_is_fhir(self) -> bool:
+        """Whether ``[base]/metadata`` answers a CapabilityStatement right now (one request)."""
+        try:
+            await self.get_metadata()
+        except (httpx.HTTPError, FhirClientError):
+            return False
+        return True
 
     # -- reference lookup --------------------------------------------------------
 
@@ -228,9 +251,20 @@ class FhirClient:
         return reference
 
 
-def _send_result(run: RetryRun) -> SendResult:
+def _send_result(run: RetryRun, base_is_fhir: bool | None) -> SendResult:
     last = run.last
     response = last.response
+    problem = endpoint_problem_of_error(last.error) if last.error is not None else None
+    if problem is not None and not run.gave_up:
+        return SendResult(
+            outcome=Outcome.ENDPOINT,
+            status_code=getattr(last.error, "status_code", None),
+            operation_outcome=None,
+            diagnostics=last.describe(),
+            attempts=run.attempts,
+            elapsed_s=run.elapsed_s,
+            endpoint_problem=problem,
+        )
     if run.gave_up or response is None:
         body = _json_or_none(response) if response is not None else None
         operation_outcome = body if _is_resource(body, "OperationOutcome") else None
@@ -246,7 +280,7 @@ def _send_result(run: RetryRun) -> SendResult:
             attempts=run.attempts,
             elapsed_s=run.elapsed_s,
         )
-    verdict = interpret_transaction_response(response)
+    verdict = interpret_transaction_response(response, base_is_fhir=base_is_fhir)
     return SendResult(
         outcome=verdict.outcome,
         status_code=response.status_code,
@@ -255,6 +289,7 @@ def _send_result(run: RetryRun) -> SendResult:
         attempts=run.attempts,
         elapsed_s=run.elapsed_s,
         response_bundle=verdict.response_bundle,
+        endpoint_problem=verdict.endpoint_problem,
     )
 
 

@@ -1,8 +1,11 @@
 """The retry policy, all in one place, built on tenacity.
 
 * **Retryable**: transport failures (connect/read/write errors and timeouts, pool
-  timeouts, remote protocol errors), a token endpoint that did not issue a token,
-  and HTTP 408, 429 and 5xx except 501 and 505 (those say "never", not "later").
+  timeouts, remote protocol errors) except TLS failures, a token endpoint that answered 408,
+  429 or 5xx, and HTTP 408, 429 and 5xx except 501 and 505 (those say "never", not "later").
+  What is the endpoint's fault (a TLS failure, a token endpoint that refuses the client, see
+  :func:`fhir_client.results.endpoint_problem_of_error`) is final at once: retrying would
+  fail the same way, and the caller holds its queue instead.
   Delivery is idempotent (``PUT Type/id`` inside the transaction), so resending
   after a connection dropped mid-response is safe.
 * **Wait**: exponential backoff with jitter, capped at ``max_backoff_s``; when the
@@ -36,6 +39,7 @@ from tenacity.stop import stop_base, stop_when_event_set
 from tenacity.wait import wait_base, wait_exponential
 
 from .errors import TokenRequestError
+from .results import endpoint_problem_of_error
 from .settings import RetrySettings
 
 __all__ = [
@@ -124,6 +128,8 @@ class AttemptResult:
         """Whether the policy should try again after this attempt."""
         if self.response is not None:
             return self.response.status_code in RETRYABLE_STATUS_CODES
+        if self.error is None or endpoint_problem_of_error(self.error) is not None:
+            return False
         return isinstance(self.error, (*RETRYABLE_TRANSPORT_ERRORS, TokenRequestError))
 
     def describe(self) -> str:

@@ -191,7 +191,7 @@ async def process_item(
             log.info("bundle_delivered", attempts=sent.attempts, status_code=sent.status_code,
                      resources=len(result.bundle["entry"]), duration_ms=duration_ms)
             return "delivered"
-        if sent.outcome is Outcome.REJECTED:
+        if sent.outcome in (Outcome.REJECTED, Outcome.ENDPOINT):
             return _dead_letter(consumer, item, stats, reason="rejected", sent=sent, bundle=result.bundle,
                                 detail=f"rejected by the FHIR server: {sent.diagnostics}", observers=observers)
         if stop.is_set():

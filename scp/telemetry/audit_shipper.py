@@ -76,7 +76,7 @@ class AuditShipper:
                 self._commit(end)  # only unreadable or foreign lines: step over them
             return 0
         result = await send_audit_events(client, events)
-        if result.outcome is Outcome.DEFERRED:
+        if result.outcome in (Outcome.DEFERRED, Outcome.ENDPOINT):  # the endpoint is down or wrong: keep the batch
             log.warning("audit_events_deferred", events=len(events), status_code=result.status_code)
             return 0
         taken = len(events)
@@ -84,7 +84,7 @@ class AuditShipper:
             taken = 0
             for event in events:
                 single = await send_audit_events(client, [event])
-                if single.outcome is Outcome.DEFERRED:
+                if single.outcome in (Outcome.DEFERRED, Outcome.ENDPOINT):
                     return taken  # position not advanced: the whole batch is sent again (idempotent PUTs)
                 if single.outcome is Outcome.REJECTED:
                     log.error("audit_event_rejected", audit_event_id=event.get("id"), status_code=single.status_code)

@@ -12,6 +12,7 @@ from structlog.testing import capture_logs
 from fhir_client import (
     BasicAuthSettings,
     BearerAuthSettings,
+    EndpointProblem,
     OAuth2ClientCredentialsSettings,
     Outcome,
     RetrySettings,
@@ -135,11 +136,12 @@ class TestClientCredentials:
         assert len(server.token_requests) == 2
         assert server.fhir_authorizations == ["Bearer tok-1", "Bearer tok-2"]
 
-    def test_second_401_is_not_refreshed_again(self):
+    def test_second_401_is_not_refreshed_again_and_is_the_endpoints_fault(self):
         server = FakeAuthorizationServer()
         server.valid_tokens = set()  # nothing is ever accepted
         (result,) = send_all(server, settings=fhir_settings(auth=oauth2()))
-        assert result.outcome is Outcome.REJECTED
+        assert result.outcome is Outcome.ENDPOINT
+        assert result.endpoint_problem is EndpointProblem.UNAUTHORIZED
         assert result.status_code == 401
         assert len(server.token_requests) == 2
         assert len(server.fhir_requests) == 2
@@ -186,14 +188,17 @@ class TestClientCredentials:
         assert result.attempts == 2
         assert len(server.token_requests) == 2
 
-    def test_refused_credentials_defer_without_leaking_the_secret(self):
+    def test_refused_credentials_are_the_endpoints_fault_at_once_without_leaking_the_secret(self):
         server = FakeAuthorizationServer()
         server.token_failures = [httpx.Response(401, json={"error": "invalid_client"}) for _ in range(3)]
         retry = RetrySettings(max_attempts=3, jitter_s=0)
         with capture_logs() as logs:
             (result,) = send_all(server, settings=fhir_settings(auth=oauth2(), retry=retry))
-        assert result.outcome is Outcome.DEFERRED
-        assert result.attempts == 3
+        assert result.outcome is Outcome.ENDPOINT
+        assert result.endpoint_problem is EndpointProblem.TOKEN_REFUSED
+        assert result.status_code == 401
+        assert result.attempts == 1  # not retried: the same secret is refused the same way
+        assert len(server.token_requests) == 1
         assert server.fhir_requests == []
         assert "invalid_client" in result.diagnostics
         assert "token endpoint" in result.diagnostics
@@ -201,12 +206,21 @@ class TestClientCredentials:
         assert CLIENT_SECRET not in repr(logs)
         assert CLIENT_SECRET not in repr(oauth2())
 
-    def test_token_without_access_token_is_an_error(self):
+    def test_400_invalid_client_is_the_endpoints_fault(self):
+        server = FakeAuthorizationServer()
+        server.token_failures = [httpx.Response(400, json={"error": "invalid_client"})]
+        (result,) = send_all(server, settings=fhir_settings(auth=oauth2()))
+        assert result.outcome is Outcome.ENDPOINT
+        assert result.endpoint_problem is EndpointProblem.TOKEN_REFUSED
+        assert "HTTP 400 (invalid_client)" in result.diagnostics
+
+    def test_token_without_access_token_is_the_endpoints_fault(self):
         server = FakeAuthorizationServer()
         server.token_failures = [httpx.Response(200, json={"token_type": "Bearer"})]
         retry = RetrySettings(max_attempts=1, jitter_s=0)
         (result,) = send_all(server, settings=fhir_settings(auth=oauth2(), retry=retry))
-        assert result.outcome is Outcome.DEFERRED
+        assert result.outcome is Outcome.ENDPOINT
+        assert result.endpoint_problem is EndpointProblem.TOKEN_REFUSED
         assert "without an access_token" in result.diagnostics
 
     def test_fhir_503_after_token_is_retried_with_the_cached_token(self):

@@ -10,6 +10,7 @@ def test_exported_members():
         "BasicAuthSettings",
         "BearerAuthSettings",
         "ClientClosedError",
+        "EndpointProblem",
         "FhirClient",
         "FhirClientError",
         "FhirSettings",

@@ -219,12 +219,6 @@ class TestRejected:
         assert result.operation_outcome is None
         assert result.diagnostics == "HTTP 422 Unprocessable Entity"
 
-    def test_501_is_not_retried(self):
-        handler, seen = scripted(fhir_json(501))
-        result, _ = send(handler)
-        assert result.outcome is Outcome.REJECTED
-        assert len(seen) == 1
-
     def test_entry_with_4xx_status_rejects_the_transaction(self):
         entry_outcome = operation_outcome("Device.manufacturer too long", code="value")
         body = transaction_response("201 Created", "422 Unprocessable Entity", outcomes={2: entry_outcome})
@@ -237,18 +231,6 @@ class TestRejected:
         assert "entry 2: 422 Unprocessable Entity" in result.diagnostics
         assert "Device.manufacturer too long" in result.diagnostics
         assert result.response_bundle == body
-
-    def test_2xx_that_is_not_a_transaction_response_is_rejected(self):
-        handler, _ = scripted(httpx.Response(200, text="<html>login</html>"))
-        result, _ = send(handler)
-        assert result.outcome is Outcome.REJECTED
-        assert "not a transaction-response" in result.diagnostics
-
-    def test_redirect_is_rejected_with_a_hint(self):
-        handler, _ = scripted(httpx.Response(301, headers={"Location": "https://other.example.org/fhir"}))
-        result, _ = send(handler)
-        assert result.outcome is Outcome.REJECTED
-        assert "https://other.example.org/fhir" in result.diagnostics
 
 
 class TestMisuse:

@@ -372,6 +372,18 @@ class TestAuditShipper:
         assert ship(shipper, server) == 2
         assert server.shipped_ids()[-2:] == ["a", "b"]
 
+    def test_an_endpoint_refusal_keeps_the_batch_and_skips_nothing(self, tmp_path: Path) -> None:
+        path = tmp_path / "trail.jsonl"
+        write_events(path, ["a", "b"])
+        server = FakeServer()
+        server.answers = [401]  # a token the server stopped accepting: the endpoint's fault
+        shipper = AuditShipper(path)
+        with capture_logs() as logs:
+            assert ship(shipper, server) == 0
+        assert [entry["event"] for entry in logs] == ["audit_events_deferred"]
+        assert ship(shipper, server) == 2
+        assert server.shipped_ids() == ["a", "b", "a", "b"]  # the refused batch, then sent again
+
     def test_a_rejected_event_is_skipped_not_blocking(self, tmp_path: Path) -> None:
         path = tmp_path / "trail.jsonl"
         write_events(path, ["a", "bad", "c"])
