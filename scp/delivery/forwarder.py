@@ -2,9 +2,9 @@
 
 Runs in the worker process (``scp.service.worker``), never in the listener's interpreter. Each item
 ends in exactly one place: delivered (``mark_delivered``), dead-lettered with its reason
-(``dead_letter``), or still pending (a shutdown interrupted it; it is picked up again on the
-next start). Delivery is idempotent (deterministic ids), so an item delivered twice after a
-crash changes nothing on the server.
+(``dead_letter``), or still pending (a shutdown interrupted it, or the FHIR endpoint itself is
+wrong and the queue is held: :mod:`.hold`; it is picked up again later). Delivery is idempotent
+(deterministic ids), so an item delivered twice after a crash changes nothing on the server.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from mapping import MappingError, MappingOptions, map_sr, serialize
 
 from ..common.files import write_atomically
 from ..common.waiting import wait_or_timeout
+from .hold import DeliveryHold, HoldState
 from .reasons import DeadLetterReason
 from ..spool import SpoolConsumer, SpoolItem
 
@@ -37,6 +38,10 @@ log = structlog.get_logger()
 
 DEFERRED_RETRY_S = 30.0
 """How long an item whose delivery could not even be attempted (e.g. outbox disk full) waits."""
+
+FAULT_OF_REASON: dict[DeadLetterReason, str] = {"unmappable": "mapping", "rejected": "content",
+                                                "retries_exhausted": "transient"}
+"""The sidecar's ``fault``: whose fault a dead letter is (never the endpoint's: those are held)."""
 
 
 class Delivery(Protocol):
@@ -95,6 +100,15 @@ class FhirDelivery:
             await resolve_logical_references(bundle, self.client)
         return await self.client.send(bundle)
 
+    async def probe(self) -> str | None:
+        """The hold's probe: ``GET [base]/metadata`` with the configured auth, once. None when
+        it answers a CapabilityStatement, else why not."""
+        try:
+            await self.client.get_metadata()
+        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
 
 async def resolve_logical_references(bundle: dict[str, Any], client: FhirClient) -> None:
     """Add ``reference: Type/id`` to every logical reference the server can resolve uniquely.
@@ -146,10 +160,12 @@ class ForwarderStats:
     delivered: int = 0
     failed: int = 0
     deferred: int = 0
+    held: int = 0
 
 
-Settlement = Literal["delivered", "dead_lettered", "deferred"]
-"""How :func:`process_item` left an item: done, in ``failed/``, or still pending."""
+Settlement = Literal["delivered", "dead_lettered", "deferred", "held"]
+"""How :func:`process_item` left an item: done, in ``failed/``, or still pending (deferred: try
+it again later; held: the endpoint is wrong, the queue waits for it)."""
 
 
 async def process_item(
@@ -160,8 +176,14 @@ async def process_item(
     stop: asyncio.Event,
     stats: ForwarderStats,
     observers: Sequence[DeliveryObserver] = (),
+    hold: DeliveryHold | None = None,
 ) -> Settlement:
-    """Map and deliver one spooled item and settle it; never raises for bad input."""
+    """Map and deliver one spooled item and settle it; never raises for bad input.
+
+    An answer that is the endpoint's fault (:attr:`Outcome.ENDPOINT`) leaves the item pending
+    and is reported to ``hold`` (which may begin holding the queue); without a hold the item
+    is deferred.
+    """
     with bound_contextvars(sop_instance_uid=item.sop_instance_uid, spool_id=item.id):
         start = time.monotonic()
         try:
@@ -178,11 +200,10 @@ async def process_item(
             sent = await delivery.deliver(result.bundle, item.sop_instance_uid)
         except Exception as exc:  # noqa: BLE001 - e.g. outbox disk full: keep it pending
             log.error("bundle_deferred", reason=f"{type(exc).__name__}: {exc}")
-            stats.deferred += 1
-            for observer in observers:
-                observer.deferred(item, None)
-            return "deferred"
+            return _defer(item, stats, None, observers)
         duration_ms = round((time.monotonic() - start) * 1000, 1)
+        if sent.outcome in (Outcome.DELIVERED, Outcome.REJECTED) and hold is not None:
+            hold.settled(item.id, answered=True)  # the server answered about the content: the endpoint works
         if sent.outcome is Outcome.DELIVERED:
             consumer.mark_delivered(item)
             stats.delivered += 1
@@ -191,17 +212,35 @@ async def process_item(
             log.info("bundle_delivered", attempts=sent.attempts, status_code=sent.status_code,
                      resources=len(result.bundle["entry"]), duration_ms=duration_ms)
             return "delivered"
-        if sent.outcome in (Outcome.REJECTED, Outcome.ENDPOINT):
+        if sent.outcome is Outcome.REJECTED:
             return _dead_letter(consumer, item, stats, reason="rejected", sent=sent, bundle=result.bundle,
                                 detail=f"rejected by the FHIR server: {sent.diagnostics}", observers=observers)
+        if sent.outcome is Outcome.ENDPOINT:
+            if hold is None:
+                log.warning("bundle_deferred", attempts=sent.attempts, status_code=sent.status_code,
+                            reason=sent.diagnostics)
+                return _defer(item, stats, sent, observers)
+            if hold.endpoint_failed(item.id, sent):
+                return _dead_letter(consumer, item, stats, reason="rejected", sent=sent, bundle=result.bundle,
+                                    detail=("rejected by the FHIR server for this SR only (refused again after the "
+                                            f"server accepted other SRs): {sent.diagnostics}"), observers=observers)
+            stats.held += 1
+            log.debug("bundle_held", attempts=sent.attempts, status_code=sent.status_code,
+                      problem=str(sent.endpoint_problem))
+            return "held"
         if stop.is_set():
-            stats.deferred += 1  # interrupted by shutdown: stays pending for the next start
             log.info("bundle_deferred", attempts=sent.attempts, reason="shutdown")
-            for observer in observers:
-                observer.deferred(item, sent)
-            return "deferred"
+            return _defer(item, stats, sent, observers)  # interrupted by shutdown: pending for the next start
         return _dead_letter(consumer, item, stats, reason="retries_exhausted", sent=sent, bundle=result.bundle,
                             detail=f"retries exhausted: {sent.diagnostics}", observers=observers)
+
+
+def _defer(item: SpoolItem, stats: ForwarderStats, sent: SendResult | None,
+           observers: Sequence[DeliveryObserver]) -> Settlement:
+    stats.deferred += 1
+    for observer in observers:
+        observer.deferred(item, sent)
+    return "deferred"
 
 
 def _dead_letter(consumer: SpoolConsumer, item: SpoolItem, stats: ForwarderStats, *, reason: DeadLetterReason,
@@ -210,6 +249,7 @@ def _dead_letter(consumer: SpoolConsumer, item: SpoolItem, stats: ForwarderStats
     """Move ``item`` to ``failed/`` for ``reason``; ``detail`` is the sidecar's human-readable reason."""
     sidecar = {
         "reason": detail,
+        "fault": FAULT_OF_REASON[reason],
         "sop_instance_uid": item.sop_instance_uid,
         "sop_class_uid": item.sop_class_uid,
         "calling_ae": item.calling_ae,
@@ -239,10 +279,13 @@ async def run_forwarder(
     on_idle: Callable[[], Awaitable[None]] | None = None,
     on_tick: Callable[[], None] | None = None,
     observers: Sequence[DeliveryObserver] = (),
+    hold: DeliveryHold | None = None,
 ) -> ForwarderStats:
     """Forward until ``stop`` is set; in-flight items finish (or stay pending) before return.
 
     ``on_tick`` runs every ``poll_interval_s`` in a task of its own: the worker's heartbeat.
+    With ``hold`` (a FHIR target), an answer that is the endpoint's fault holds the queue: no
+    item starts, the hold's probe runs when due, then one trial item, then everything again.
     """
     stats = ForwarderStats()
     slots = asyncio.Semaphore(concurrency)
@@ -252,29 +295,39 @@ async def run_forwarder(
     async def run(item: SpoolItem) -> None:
         settled: Settlement | None = None
         try:
-            settled = await process_item(item, consumer, delivery, options, stop, stats, observers)
+            settled = await process_item(item, consumer, delivery, options, stop, stats, observers, hold)
         finally:
             if settled == "deferred":
                 not_before[item.id] = time.monotonic() + DEFERRED_RETRY_S
             else:
                 not_before.pop(item.id, None)
+            if hold is not None and settled != "held":
+                hold.settled(item.id, answered=False)  # frees a trial slot; answers were reported already
             in_flight.pop(item.id, None)
             slots.release()
 
     ticker = asyncio.create_task(_tick(on_tick, stop, poll_interval_s)) if on_tick is not None else None
     while not stop.is_set():
         consumer.ingest_requeued()
+        if hold is not None and hold.state is HoldState.HELD:
+            await _probe_when_due(hold, stop, poll_interval_s)
+            continue
         now = time.monotonic()
         fresh = [i for i in consumer.pending(batch_size + len(in_flight) + len(not_before))
                  if i.id not in in_flight and not_before.get(i.id, 0.0) <= now]
-        for item in fresh[:batch_size]:
+        admitted = fresh[:batch_size] if hold is None else hold.admit(fresh[:batch_size], key=lambda i: i.id)
+        for item in admitted:
             await slots.acquire()
-            if stop.is_set():
+            if stop.is_set() or (hold is not None and not hold.may_start()):
                 slots.release()
                 break
+            if hold is not None:
+                hold.started(item.id)
             in_flight[item.id] = asyncio.create_task(run(item))
-        if not fresh:
-            if on_idle is not None and not in_flight:
+        if hold is not None and not fresh and not in_flight:
+            hold.nothing_to_try()
+        if not admitted:
+            if not fresh and on_idle is not None and not in_flight:
                 await on_idle()
             await wait_or_timeout(stop, poll_interval_s)
         elif len(in_flight) >= concurrency:
@@ -284,6 +337,23 @@ async def run_forwarder(
     if ticker is not None:
         await ticker
     return stats
+
+
+async def _probe_when_due(hold: DeliveryHold, stop: asyncio.Event, poll_interval_s: float) -> None:
+    """Wait for the hold's next probe (at most ``poll_interval_s``, so re-queued items and
+    answers to items in flight are still seen), then probe; a stop cuts either short."""
+    wait_s = hold.seconds_to_probe()
+    if wait_s > 0:
+        await wait_or_timeout(stop, min(wait_s, poll_interval_s))
+        return
+    probing = asyncio.ensure_future(hold.probe())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({probing, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (probing, stopping):
+            task.cancel()
+        await asyncio.gather(probing, stopping, return_exceptions=True)
 
 
 async def _tick(on_tick: Callable[[], None], stop: asyncio.Event, interval_s: float) -> None:
