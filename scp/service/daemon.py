@@ -8,7 +8,8 @@ exit 0. A worker that dies unexpectedly is restarted.
 Under systemd (``Type=notify``, see :mod:`scp.service.systemd` and ``deploy/sr2fhir.service``) the
 supervise loop is the health loop: ``READY=1`` once the port is bound and the spool open,
 ``WATCHDOG=1`` every tick while the listener's acceptor thread runs and the worker's
-heartbeat moves, ``STATUS=`` with the backlog, ``STOPPING=1`` on shutdown. Only this process
+heartbeat moves, ``STATUS=`` with the backlog (and a delivery hold: ``delivery held: FHIR server
+answers 401 since 02:13``), ``STOPPING=1`` on shutdown. Only this process
 notifies: the worker is started without the ``NOTIFY_SOCKET``/``WATCHDOG_*`` variables.
 """
 
@@ -54,7 +55,7 @@ WORKER_HEALTHY_AFTER_S = 60.0
 WORKER_STALE_AFTER_S = 60.0
 """The worker's heartbeat unchanged this long (while it runs) withholds the systemd watchdog."""
 STATUS_INTERVAL_S = 5.0
-"""How often the backlog in systemd's STATUS= line is refreshed."""
+"""How often the backlog (and a delivery hold) in systemd's STATUS= line is refreshed."""
 
 
 class WorkerProcess:
@@ -142,7 +143,7 @@ def serve(settings: Settings, config_path: Path | None) -> int:
         registry = build_registry(daemon_metrics, worker_metrics, SpoolBacklog(spool_status))
         readiness = Readiness(settings.health.readiness, listener_up=listener_alive,
                               fhir_contact=worker_metrics.fhir_contact, spool_status=spool_status,
-                              stopping=stop.is_set)
+                              stopping=stop.is_set, delivery_hold=worker_metrics.delivery_hold)
         endpoint = HealthServer(settings.health.host, settings.health.port, readiness, lambda: render(registry))
         try:
             endpoint.start()
@@ -157,7 +158,7 @@ def serve(settings: Settings, config_path: Path | None) -> int:
         log.info("health_endpoint_started", host=settings.health.host, port=endpoint.port)
     if audit is not None:
         audit.application_started()
-    monitor = ServiceMonitor(Notifier(), health, Sampler(lambda: _backlog(spool), STATUS_INTERVAL_S))
+    monitor = ServiceMonitor(Notifier(), health, Sampler(lambda: _backlog(spool, worker_metrics), STATUS_INTERVAL_S))
     worker = WorkerProcess(config_path)
     worker.start()
     monitor.worker_spawned()
@@ -218,9 +219,13 @@ def _acceptor_alive() -> Callable[[], bool]:
 
 
 
-def _backlog(spool: Spool) -> str:
+def _backlog(spool: Spool, worker_metrics: WorkerMetricsStore) -> str:
+    """``3 pending, 0 failed``, and while delivery is held
+    ``; delivery held: FHIR server answers 401 since 02:13``."""
     try:
         status = spool.status()
+        text = f"{status.pending} pending, {status.failed} failed"
     except Exception as exc:  # noqa: BLE001 - a status line must never stop the daemon
-        return f"unknown ({type(exc).__name__}: {exc})"
-    return f"{status.pending} pending, {status.failed} failed"
+        text = f"unknown ({type(exc).__name__}: {exc})"
+    hold = worker_metrics.delivery_hold()
+    return text if hold is None else f"{text}; {hold.status_line()}"

@@ -31,6 +31,7 @@ from ..delivery.forwarder import (
     OutboxDelivery,
     run_forwarder,
 )
+from ..delivery.hold import DeliveryHold, HoldObserver, ProbeBackoff
 from ..telemetry.logs import configure_logging
 from ..telemetry.metrics import WorkerMetrics, metrics_directory
 from ..spool import Spool, SpoolLockedError
@@ -108,21 +109,24 @@ async def forward(settings: Settings) -> int:
         return EXIT_LOCKED
     metrics = WorkerMetrics(metrics_directory(settings.spool.directory))
     observers: list[DeliveryObserver] = [metrics]
+    hold_observers: list[HoldObserver] = [metrics]
     audit = settings.audit
     audit_log = AuditLog(audit.path) if audit.path is not None else None
     if audit_log is not None:
         destination = (str(settings.fhir.base_url) if settings.fhir.base_url is not None
                        else settings.fhir.outbox_directory.as_uri())
-        observers.append(AuditTrail(audit_log, AuditSource(settings.dicom.ae_title), destination=destination,
-                                    include_phi=audit.include_phi))
+        trail = AuditTrail(audit_log, AuditSource(settings.dicom.ae_title), destination=destination,
+                           include_phi=audit.include_phi)
+        observers.append(trail)
+        hold_observers.append(trail)
     try:
         heartbeat = Heartbeat(heartbeat_path(settings.spool.directory))
 
-        async def forward_to(delivery: Delivery) -> ForwarderStats:
+        async def forward_to(delivery: Delivery, hold: DeliveryHold | None = None) -> ForwarderStats:
             return await run_forwarder(
                 consumer, delivery, settings.mapping, stop, concurrency=settings.forwarder.concurrency,
                 poll_interval_s=settings.forwarder.poll_interval_s, batch_size=settings.forwarder.batch_size,
-                on_tick=heartbeat.beat, observers=observers,
+                on_tick=heartbeat.beat, observers=observers, hold=hold,
             )
 
         if settings.fhir.base_url is None:
@@ -131,14 +135,20 @@ async def forward(settings: Settings) -> int:
         else:
             log.info("worker_started", target="fhir", base_url=str(settings.fhir.base_url))
             async with FhirClient(settings.fhir, shutdown=stop, sleep=metrics.wrap_sleep(asyncio.sleep)) as client:
+                delivery = FhirDelivery(client, settings.fhir.reference_mode)
+                retry = settings.fhir.retry
+                hold = DeliveryHold(delivery.probe, ProbeBackoff(retry.initial_backoff_s, retry.max_backoff_s,
+                                                                 retry.jitter_s), observers=hold_observers)
                 shipping = None
                 if audit.send_to_fhir and audit.path is not None:
                     shipper = AuditShipper(audit.path, batch_size=audit.send_batch_size)
-                    shipping = asyncio.create_task(shipper.run(client, stop, interval_s=audit.send_interval_s))
-                stats = await forward_to(FhirDelivery(client, settings.fhir.reference_mode))
+                    shipping = asyncio.create_task(shipper.run(client, stop, interval_s=audit.send_interval_s,
+                                                               paused=lambda: hold.held))
+                stats = await forward_to(delivery, hold)
                 if shipping is not None:
                     await shipping
-        log.info("worker_stopped", delivered=stats.delivered, failed=stats.failed, deferred=stats.deferred)
+        log.info("worker_stopped", delivered=stats.delivered, failed=stats.failed, deferred=stats.deferred,
+                 held=stats.held)
     finally:
         consumer.close()
         metrics.close()

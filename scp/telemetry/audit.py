@@ -3,7 +3,7 @@
 This module is the public face of the audit trail and re-exports its parts:
 
 * :mod:`.audit_events`: :class:`AuditSource` and the pure builders (:func:`received_event`,
-  :func:`delivery_event`, :func:`application_event`, :func:`resources_written`,
+  :func:`delivery_event`, :func:`hold_event`, :func:`application_event`, :func:`resources_written`,
   :func:`patient_of_bundle`); the shape of each event (DICOM PS3.15 A.5 as R5 AuditEvent) is
   described there.
 * :mod:`.audit_log`: :class:`AuditLog`, the append-only JSONL file (one ``write(2)`` per line,
@@ -23,6 +23,7 @@ from .audit_events import (
     AuditSource,
     application_event,
     delivery_event,
+    hold_event,
     patient_of_bundle,
     received_event,
     resources_written,
@@ -38,6 +39,7 @@ __all__ = [
     "AuditTrail",
     "application_event",
     "delivery_event",
+    "hold_event",
     "patient_of_bundle",
     "received_event",
     "resources_written",

@@ -1,7 +1,8 @@
-"""The pure builders of FHIR R5 AuditEvent resources: received, delivered / dead-lettered, application.
+"""The pure builders of FHIR R5 AuditEvent resources: received, delivered / dead-lettered, delivery
+held / resumed, application.
 
 Owns :class:`AuditSource` (who we are in the events), the builders :func:`received_event`,
-:func:`delivery_event` and :func:`application_event`, and the helpers that pick their
+:func:`delivery_event`, :func:`hold_event` and :func:`application_event`, and the helpers that pick their
 contents out of a transaction (:func:`resources_written`, :func:`patient_of_bundle`). No I/O:
 every function returns a dict.
 
@@ -15,9 +16,16 @@ instance received      DCM 110104 DICOM Instances Transferred (both)    C       
 Bundle written         audit-event-type ``rest`` + DCM 110106 Export /  C       us: 110153 Source
                        restful-interaction ``transaction``                      (requestor); FHIR server:
                                                                                 110152 Destination (URL)
+delivery held /        audit-event-type ``rest`` + DCM 110106 Export /  E       as for a written Bundle
+resumed                :data:`HOLD_SYSTEM` ``delivery-held`` /
+                       ``delivery-resumed``
 daemon start / stop    DCM 110100 Application Activity /                E       us: 110150 Application
                        DCM 110120 Application Start, 110121 Stop
 =====================  ===============================================  ======  ==========================
+
+A hold (the FHIR endpoint itself is wrong: :mod:`scp.delivery.hold`) is one event when it begins
+(outcome 8: nothing is delivered; ``occurredDateTime``) and one when it ends (outcome 0;
+``occurredPeriod`` of the hold); no event per SR kept meanwhile.
 
 ``outcome.code`` uses the DICOM outcome codes (THO ``audit-event-outcome``): 0 success, 4 minor,
 8 serious (refused instance, rejected or undeliverable Bundle), 12 major failure (we are out
@@ -43,7 +51,7 @@ from pydicom.sr.coding import Code
 
 from mapping.coding import DCM_SYSTEM
 
-from ..delivery.reasons import DeadLetterReason
+from ..delivery.reasons import DeadLetterReason, HoldReason
 
 __all__ = [
     "OUTCOMES",
@@ -52,6 +60,7 @@ __all__ = [
     "AuditSource",
     "application_event",
     "delivery_event",
+    "hold_event",
     "patient_of_bundle",
     "received_event",
     "resources_written",
@@ -69,6 +78,8 @@ _OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
 _ROLE_PATIENT = {"system": _OBJECT_ROLE, "code": "1", "display": "Patient"}
 _ROLE_REPORT = {"system": _OBJECT_ROLE, "code": "3", "display": "Report"}
 _ROLE_DOMAIN_RESOURCE = {"system": _OBJECT_ROLE, "code": "4", "display": "Domain Resource"}
+HOLD_SYSTEM = "urn:sr2fhir:audit-event"
+"""Our codes for the hold events (no DICOM or FHIR code says "delivery paused")."""
 _OUT_OF_RESOURCES = range(0xA700, 0xA800)
 _WARNINGS = range(0xB000, 0xC000)
 
@@ -125,11 +136,7 @@ def delivery_event(*, source: AuditSource, destination: str, sop_instance_uid: s
         "retries_exhausted": f"not accepted after {attempts} attempt(s), last {http}; dead-lettered",
         "unmappable": "not written: the SR could not be mapped to FHIR; dead-lettered",
     }[result]
-    agents = [_our_agent(source, codes.DCM.SourceRoleID, requestor=True)]
-    if destination:
-        agents.append({"type": _concept(codes.DCM.DestinationRoleID),
-                       "who": {"identifier": {"system": "urn:ietf:rfc:3986", "value": destination}},
-                       "requestor": False, "networkUri": destination})
+    agents = [_our_agent(source, codes.DCM.SourceRoleID, requestor=True), *_destination_agents(destination)]
     sr = _sr_entity(sop_instance_uid, sop_class_uid)
     if calling_ae:
         sr.setdefault("detail", []).append({"type": _concept(codes.DCM.StationAETitle), "valueString": calling_ae})
@@ -144,6 +151,40 @@ def delivery_event(*, source: AuditSource, destination: str, sop_instance_uid: s
         agents=agents,
         source=source, entities=entities, patient=patient,
     )
+
+
+def hold_event(*, source: AuditSource, destination: str, reason: HoldReason, held_s: float | None = None,
+               recorded: datetime | None = None, event_id: str | None = None) -> dict[str, Any]:
+    """Delivery to ``destination`` held for ``reason`` (``held_s`` None) or resumed after
+    ``held_s`` seconds. The text names the HTTP status and the problem, never server words."""
+    recorded = recorded or datetime.now(UTC)
+    since = datetime.fromtimestamp(reason.since, UTC)
+    if held_s is None:
+        code, display = "delivery-held", "Delivery held"
+        text = f"delivery held: {reason.headline()} ({reason.problem}); received SRs are kept"
+        occurred: dict[str, Any] = {"occurredDateTime": _instant(since)}
+    else:
+        code, display = "delivery-resumed", "Delivery resumed"
+        text = f"delivery resumed after {held_s:.0f} s held ({reason.headline()})"
+        occurred = {"occurredPeriod": {"start": _instant(since), "end": _instant(recorded)}}
+    return _event(
+        event_id, recorded,
+        category=[{"coding": [_AUDIT_EVENT_TYPE]}, _concept(codes.DCM.Export)],
+        code={"coding": [{"system": HOLD_SYSTEM, "code": code, "display": display}]},
+        action="E",
+        occurred=occurred,
+        outcome=8 if held_s is None else 0, outcome_text=text,
+        agents=[_our_agent(source, codes.DCM.SourceRoleID, requestor=True), *_destination_agents(destination)],
+        source=source, entities=[], patient=None,
+    )
+
+
+def _destination_agents(destination: str) -> list[dict[str, Any]]:
+    if not destination:
+        return []
+    return [{"type": _concept(codes.DCM.DestinationRoleID),
+             "who": {"identifier": {"system": "urn:ietf:rfc:3986", "value": destination}},
+             "requestor": False, "networkUri": destination}]
 
 
 def application_event(*, source: AuditSource, started: bool, recorded: datetime | None = None,

@@ -11,7 +11,7 @@ import asyncio
 import json
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +53,15 @@ class AuditShipper:
         self._fd: int | None = None
         self._offset = 0
 
-    async def run(self, client: FhirClient, stop: asyncio.Event, *, interval_s: float = 5.0) -> None:
-        """Send until ``stop`` is set; looks for new lines every ``interval_s`` when idle."""
+    async def run(self, client: FhirClient, stop: asyncio.Event, *, interval_s: float = 5.0,
+                  paused: Callable[[], bool] = lambda: False) -> None:
+        """Send until ``stop`` is set; looks for new lines every ``interval_s`` when idle, and
+        sends nothing while ``paused()`` (delivery is held: the endpoint itself is wrong)."""
         try:
             while not stop.is_set():
+                if paused():
+                    await wait_or_timeout(stop, interval_s)
+                    continue
                 try:
                     shipped = await self.ship_once(client)
                 except (OSError, ValueError, FhirClientError) as exc:  # e.g. file unreadable: try again later

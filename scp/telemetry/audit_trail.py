@@ -14,12 +14,13 @@ import structlog
 from fhir_client import SendResult
 from mapping.references import patient_reference
 
-from ..delivery.reasons import DeadLetterReason
+from ..delivery.reasons import DeadLetterReason, HoldReason
 from ..spool import SpoolItem
 from .audit_events import (
     AuditSource,
     application_event,
     delivery_event,
+    hold_event,
     patient_of_bundle,
     received_event,
     resources_written,
@@ -36,7 +37,8 @@ class AuditTrail:
 
     Listener: ``store_answered(event, status)`` after each C-STORE. Worker:
     ``delivered`` / ``dead_lettered`` / ``deferred`` (the forwarder's observer methods, the
-    same as :class:`scp.telemetry.metrics.WorkerMetrics`'). Daemon: ``application_started/stopped``.
+    same as :class:`scp.telemetry.metrics.WorkerMetrics`'), ``hold_started`` / ``hold_ended`` (the
+    delivery hold's). Daemon: ``application_started/stopped``.
     ``destination`` is the FHIR base URL (or the outbox's ``file:`` URI).
     """
 
@@ -74,6 +76,18 @@ class AuditTrail:
 
     def deferred(self, item: SpoolItem, sent: SendResult | None = None) -> None:
         """Nothing final happened: no event (the item is delivered or dead-lettered later)."""
+
+    def hold_started(self, reason: HoldReason) -> None:
+        self._hold(reason, None)
+
+    def hold_ended(self, reason: HoldReason, held_s: float) -> None:
+        self._hold(reason, held_s)
+
+    def _hold(self, reason: HoldReason, held_s: float | None) -> None:
+        try:
+            self._write(hold_event(source=self.source, destination=self.destination, reason=reason, held_s=held_s))
+        except Exception:  # noqa: BLE001 - auditing must not break the forwarder
+            log.exception("audit_event_failed", kind="hold")
 
     def application_started(self) -> None:
         self._write(application_event(source=self.source, started=True))

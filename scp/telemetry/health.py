@@ -5,6 +5,9 @@ default. It knows nothing of DICOM or FHIR: it is handed two callables, one answ
 with a reason and one rendering the metrics. :class:`Readiness` is the daemon's answer:
 
 * not ready while the daemon is stopping or the DICOM listener does not accept associations;
+* not ready while delivery is held because the FHIR endpoint itself is wrong (401, 403, a wrong
+  base URL, TLS, no FHIR: :mod:`scp.delivery.hold`), as the worker reports it through the
+  metrics directory;
 * not ready when FHIR requests have been failing (transport errors, 408, 429, 5xx) for longer
   than ``fhir_unreachable_after_s``, as the worker reports it through the metrics directory
   (:class:`scp.telemetry.metrics.FhirContact`);
@@ -32,6 +35,7 @@ import structlog
 
 from ..common.times import Clock, epoch_seconds
 from ..config import ReadinessSettings
+from ..delivery.reasons import HoldReason
 from .metrics import FhirContact
 from ..spool import SpoolError, SpoolStatus
 
@@ -53,7 +57,9 @@ class Readiness:
     ``listener_up`` says whether the DICOM listener accepts associations; ``fhir_contact``
     gives the worker's FHIR contact state (:meth:`scp.telemetry.metrics.WorkerMetricsStore.fhir_contact`);
     ``spool_status`` is :meth:`scp.spool.Spool.status`; ``stopping`` is true once shutdown
-    began. ``clock`` is Unix time (injectable for tests).
+    began; ``delivery_hold`` says why delivery is held, if it is
+    (:meth:`scp.telemetry.metrics.WorkerMetricsStore.delivery_hold`). ``clock`` is Unix time
+    (injectable for tests).
     """
 
     settings: ReadinessSettings
@@ -62,10 +68,19 @@ class Readiness:
     spool_status: Callable[[], SpoolStatus]
     stopping: Callable[[], bool] = lambda: False
     clock: Clock = time.time
+    delivery_hold: Callable[[], HoldReason | None] = lambda: None
 
     def __call__(self) -> tuple[bool, str]:
-        reasons = [reason for check in (self._daemon, self._fhir, self._backlog) if (reason := check())]
+        reasons = [reason for check in (self._daemon, self._hold, self._fhir, self._backlog) if (reason := check())]
         return (not reasons, "; ".join(reasons) if reasons else "ready")
+
+    def _hold(self) -> str | None:
+        hold = self.delivery_hold()
+        if hold is None:
+            return None
+        held_s = max(0.0, self.clock() - hold.since)
+        return (f"delivery held since {hold.since_iso()} ({held_s:.0f} s): {hold.headline()} "
+                f"({hold.problem}); SRs are received and kept")
 
     def _daemon(self) -> str | None:
         if self.stopping():

@@ -4,7 +4,7 @@ Owns the directory's layout (``worker-<pid>-<start_ns>.json`` per worker process
 ``retired.json`` for exited ones), its atomic rewrite, and :class:`WorkerMetricsStore`: the
 main process's collector that adds every file up (re-reading torn records, keeping the last
 good one), folds exited workers into ``retired.json``, resets the directory at daemon start
-and reports the FHIR contact state for readiness. The worker side that writes the files is
+and reports the FHIR contact state and the delivery hold for readiness and status lines. The worker side that writes the files is
 :mod:`.metrics_worker`; the record format is :mod:`.metrics_tally`'s.
 """
 
@@ -18,6 +18,7 @@ import structlog
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from ..common.files import write_atomically
+from ..delivery.reasons import HoldReason
 from .metrics_tally import WORKER_COUNTERS, WORKER_HISTOGRAMS, FhirContact, Histogram, Tally, decode_tally, encode_tally
 
 __all__ = [
@@ -80,6 +81,7 @@ class WorkerMetricsStore:
                 tally = self._read(path)
                 if tally is not None:
                     retired.add(tally)
+            retired.hold = None  # an exited worker holds nothing
             try:
                 write_atomically(self.directory / RETIRED_FILE, encode_tally(retired), sync=False)
             except OSError as exc:
@@ -105,6 +107,10 @@ class WorkerMetricsStore:
         """The FHIR contact state the worker(s) reported (for readiness)."""
         return self.tally().fhir
 
+    def delivery_hold(self) -> HoldReason | None:
+        """Why the worker holds delivery, or None (for readiness and status lines)."""
+        return self.tally().hold
+
     def collect(self) -> Iterator[Metric]:
         tally = self.tally()
         for name, (help_text, label, label_values) in WORKER_COUNTERS.items():
@@ -129,6 +135,18 @@ class WorkerMetricsStore:
         yield GaugeMetricFamily("sr2fhir_fhir_failing_since_timestamp_seconds",
                                 "Unix time since which FHIR requests fail without a final answer (0: not failing).",
                                 value=tally.fhir.failing_since or 0.0)
+        hold = tally.hold
+        yield GaugeMetricFamily("sr2fhir_delivery_held", "1 while delivery is held because the FHIR endpoint itself "
+                                "is wrong (credentials, URL, TLS, not FHIR), else 0.", value=0.0 if hold is None else 1.0)
+        yield GaugeMetricFamily("sr2fhir_delivery_held_since_timestamp_seconds",
+                                "Unix time the current delivery hold began (0: not held).",
+                                value=0.0 if hold is None else hold.since)
+        reason = GaugeMetricFamily("sr2fhir_delivery_hold_reason", "Why delivery is held (1, only while held): "
+                                   "the endpoint problem and the HTTP status that began the hold.",
+                                   labels=["problem", "status_code"])
+        if hold is not None:
+            reason.add_metric([hold.problem, str(hold.status_code) if hold.status_code is not None else ""], 1.0)
+        yield reason
 
     def _read(self, path: Path) -> Tally | None:
         """The file's tally; a torn read (the worker writing just then) is read again, and

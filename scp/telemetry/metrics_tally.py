@@ -1,7 +1,8 @@
 """The worker's numbers as plain data: what is counted, how it adds up, how it is written down.
 
 Owns the worker's metric definitions (counter and histogram names, help texts, buckets), the
-:class:`FhirContact` state, the :class:`Tally` that holds one worker process's numbers (or the
+:class:`FhirContact` state, the delivery hold (:class:`scp.delivery.reasons.HoldReason`, or none),
+the :class:`Tally` that holds one worker process's numbers (or the
 sum of several) with its histograms, and the record format of a tally file
 (:func:`encode_tally` / :func:`decode_tally`: ``<crc32 hex> <json>``). No files, no
 processes: :mod:`.metrics_worker` writes these records and :mod:`.metrics_store` reads them.
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, get_args
 
 from ..common.times import epoch_seconds
-from ..delivery.reasons import DeadLetterReason
+from ..delivery.reasons import DeadLetterReason, HoldReason
 
 __all__ = [
     "DELIVERY_LATENCY_BUCKETS_S",
@@ -45,6 +46,7 @@ WORKER_COUNTERS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
                                get_args(DeadLetterReason)),
     "sr2fhir_bundles_deferred": ("Deliveries left pending for a later try (shutdown, outbox not writable).", None, ()),
     "sr2fhir_fhir_retries": ("FHIR requests retried after a transport error, 408, 429 or 5xx.", None, ()),
+    "sr2fhir_delivery_holds": ("Times delivery was held because the FHIR endpoint itself was wrong.", None, ()),
 }
 WORKER_HISTOGRAMS = {
     "sr2fhir_delivery_latency_seconds": ("Seconds from receiving an SR to its delivery.", DELIVERY_LATENCY_BUCKETS_S),
@@ -113,11 +115,17 @@ LabelKey = tuple[tuple[str, str], ...]
 
 @dataclass(slots=True)
 class Tally:
-    """The numbers of one worker process (or the sum of several): plain data, JSON round trip."""
+    """The numbers of one worker process (or the sum of several): plain data, JSON round trip.
+
+    ``hold`` is the delivery hold the worker is in, or None; summed over several files, the
+    most recent hold stands (only one worker runs at a time, and an exited one holds nothing:
+    :meth:`.metrics_store.WorkerMetricsStore.process_exited` drops its hold).
+    """
 
     counters: dict[str, dict[LabelKey, float]] = field(default_factory=dict)
     histograms: dict[str, Histogram] = field(default_factory=dict)
     fhir: FhirContact = FhirContact()
+    hold: HoldReason | None = None
 
     def inc(self, name: str, labels: LabelKey = (), amount: float = 1.0) -> None:
         series = self.counters.setdefault(name, {})
@@ -136,6 +144,8 @@ class Tally:
             else:
                 self.histograms[name] = Histogram(histogram.bounds, list(histogram.counts), histogram.total)
         self.fhir = self.fhir.merge(other.fhir)
+        if other.hold is not None and (self.hold is None or other.hold.since >= self.hold.since):
+            self.hold = other.hold
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -144,6 +154,7 @@ class Tally:
             "histograms": {name: {"bounds": list(h.bounds), "counts": h.counts, "sum": h.total}
                            for name, h in self.histograms.items()},
             "fhir": {"last_success_at": self.fhir.last_success_at, "failing_since": self.fhir.failing_since},
+            "hold": self.hold.to_json() if self.hold is not None else None,
         }
 
     @classmethod
@@ -157,6 +168,7 @@ class Tally:
                                                float(h["sum"]))
         fhir = data.get("fhir") or {}
         tally.fhir = FhirContact(fhir.get("last_success_at"), fhir.get("failing_since"))
+        tally.hold = HoldReason.from_json(data.get("hold"))
         return tally
 
 

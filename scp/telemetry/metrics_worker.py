@@ -19,7 +19,7 @@ import structlog
 from fhir_client import SendResult
 
 from ..common.times import Clock, Sleep
-from ..delivery.reasons import DeadLetterReason
+from ..delivery.reasons import DeadLetterReason, HoldReason
 from ..spool import SpoolItem
 from .metrics_store import FILE_SUFFIX, WORKER_FILE_PREFIX
 from .metrics_tally import Tally, encode_tally, seconds_since
@@ -39,8 +39,8 @@ class WorkerMetrics:
     checksum lets the reader retry a torn read. Create one per worker process. Every method
     is safe to call from the forwarder: it never raises (a file that cannot be written is
     logged, and the numbers are kept for the next write).
-    The method names match the forwarder's settle points; :meth:`wrap_sleep` hooks the FHIR
-    client's retry waits.
+    The method names match the forwarder's settle points and the hold's
+    (:class:`scp.delivery.hold.HoldObserver`); :meth:`wrap_sleep` hooks the FHIR client's retry waits.
     """
 
     def __init__(self, directory: Path, *, clock: Clock = time.time, pid: int | None = None) -> None:
@@ -59,7 +59,11 @@ class WorkerMetrics:
         self._publish()
 
     def close(self) -> None:
-        """Close the file (what it holds stays counted)."""
+        """Close the file (what it holds stays counted; a worker that stops holds nothing)."""
+        if self._tally.hold is not None:
+            with self._lock:
+                self._tally.hold = None
+            self._publish()
         with self._lock:
             if self._fd is not None:
                 os.close(self._fd)
@@ -99,6 +103,20 @@ class WorkerMetrics:
         """An item stays pending (shutdown, or the outbox could not be written)."""
         with self._lock:
             self._tally.inc("sr2fhir_bundles_deferred")
+        self._publish()
+
+    # -- the delivery hold (scp.delivery.hold.HoldObserver) ------------------------------------
+
+    def hold_started(self, reason: HoldReason) -> None:
+        """Delivery is held: publish why and since when (readiness, /metrics, status lines)."""
+        with self._lock:
+            self._tally.inc("sr2fhir_delivery_holds")
+            self._tally.hold = reason
+        self._publish()
+
+    def hold_ended(self, reason: HoldReason, held_s: float) -> None:
+        with self._lock:
+            self._tally.hold = None
         self._publish()
 
     def retry_wait(self) -> None:

@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 from fhir_client import FhirClient, FhirSettings, Outcome, RetrySettings, SendResult
 from mapping import MappingOptions, map_sr, serialize
 from scp.config import AuditSettings
+from scp.delivery.reasons import HoldReason
 from scp.telemetry.audit import (
     AuditLog,
     AuditShipper,
@@ -28,6 +29,7 @@ from scp.telemetry.audit import (
     AuditTrail,
     application_event,
     delivery_event,
+    hold_event,
     patient_of_bundle,
     received_event,
     resources_written,
@@ -100,6 +102,9 @@ def trail_events(tmp_path: Path, report, *, include_phi: bool) -> list[dict[str,
     trail.dead_lettered(item, "rejected", SendResult(Outcome.REJECTED, 422, None, "HTTP 422", 1, 0.1), bundle)
     trail.dead_lettered(item, "unmappable")
     trail.deferred(item)  # nothing final: no event
+    hold = HoldReason("unauthorized", 401, "HTTP 401 Unauthorized: expired token for Secret^Patient", WHEN.timestamp())
+    trail.hold_started(hold)
+    trail.hold_ended(hold, 120.0)
     trail.application_stopped()
     trail.audit_log.close()
     return read_lines(path)
@@ -117,7 +122,7 @@ class TestAuditEvents:
             delivery_event(source=SOURCE, destination="", sop_instance_uid="1.2.3", sop_class_uid="",
                            calling_ae="", result="retries_exhausted", status_code=503, attempts=40),
         ]
-        assert len(events) == 17
+        assert len(events) == 21
         assert_conformant({f"event-{n}": event for n, event in enumerate(events)}, tmp_path)
 
     def test_received_event(self, report) -> None:
@@ -188,6 +193,21 @@ class TestAuditEvents:
         _, bundle = report
         assert patient_of_bundle(bundle)["identifier"]["value"] == PATIENT_ID
         assert patient_of_bundle({"entry": []}) is None
+
+    def test_hold_events_name_the_status_and_the_problem_but_no_server_words(self) -> None:
+        hold = HoldReason("forbidden", 403, "HTTP 403 Forbidden: scope lacks Observation for Secret^Patient",
+                          WHEN.timestamp())
+        held = hold_event(source=SOURCE, destination=BASE_URL, reason=hold)
+        resumed = hold_event(source=SOURCE, destination=BASE_URL, reason=hold, held_s=7200.0)
+        assert [e["code"]["coding"][0]["code"] for e in (held, resumed)] == ["delivery-held", "delivery-resumed"]
+        assert [e["outcome"]["code"]["code"] for e in (held, resumed)] == ["8", "0"]
+        assert held["outcome"]["detail"][0]["text"] == ("delivery held: FHIR server answers 403 (forbidden); "
+                                                        "received SRs are kept")
+        assert resumed["outcome"]["detail"][0]["text"] == "delivery resumed after 7200 s held (FHIR server answers 403)"
+        assert held["occurredDateTime"] == "2024-03-01T10:15:00.000Z"
+        assert resumed["occurredPeriod"]["start"] == "2024-03-01T10:15:00.000Z"
+        assert held["agent"][1]["networkUri"] == BASE_URL
+        assert "Secret" not in json.dumps([held, resumed])
 
     def test_application_events(self) -> None:
         start = application_event(source=SOURCE, started=True, recorded=WHEN)

@@ -162,6 +162,16 @@ class TestReadiness:
         off = readiness(settings=ReadinessSettings(max_pending=None), spool_status=lambda: status)
         assert off() == (True, "ready")
 
+    def test_a_delivery_hold_is_a_reason_without_server_words(self) -> None:
+        from scp.delivery.reasons import HoldReason
+
+        hold = HoldReason("unauthorized", 401, "HTTP 401 Unauthorized: token for Secret^Patient expired", 9_000.0)
+        ready, reason = readiness(delivery_hold=lambda: hold)()
+        assert not ready
+        assert reason == ("delivery held since 1970-01-01T02:30:00+00:00 (1000 s): FHIR server answers 401 "
+                          "(unauthorized); SRs are received and kept")
+        assert readiness(delivery_hold=lambda: None)() == (True, "ready")
+
     def test_spool_status_failure_is_a_reason(self) -> None:
         def broken() -> SpoolStatus:
             raise SpoolError("cannot read")

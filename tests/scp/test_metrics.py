@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from fhir_client import Outcome, SendResult
+from scp.delivery.reasons import HoldReason
 from scp.telemetry.metrics import (
     MAX_CALLING_AE_LABELS,
     CachedSpoolStatus,
@@ -63,6 +64,12 @@ def work(directory: str, plan: dict, started=None, release=None) -> None:
         metrics.retry_wait()
     for _ in range(plan.get("deferred", 0)):
         metrics.deferred(Item())
+    if "hold" in plan:
+        metrics.hold_started(HoldReason(**plan["hold"]))
+    if plan.get("resume"):
+        metrics.hold_ended(HoldReason(**plan["hold"]), 60.0)
+    if plan.get("close"):
+        metrics.close()
     if started is not None:
         started.set()
         release.wait()  # stays alive until the parent kills it
@@ -149,6 +156,36 @@ class TestAcrossProcesses:
         samples = scrape(store)
         assert value(samples, "sr2fhir_fhir_last_success_timestamp_seconds") == 1300.0
         assert value(samples, "sr2fhir_fhir_failing_since_timestamp_seconds") == 0.0
+
+    def test_a_delivery_hold_crosses_processes_and_ends_with_its_worker(self, store: WorkerMetricsStore) -> None:
+        hold = {"problem": "unauthorized", "status_code": 401, "detail": "HTTP 401 Unauthorized", "since": 1000.0}
+        started, release = SPAWN.Event(), SPAWN.Event()
+        worker = SPAWN.Process(target=work, args=(str(store.directory), {"now": 1000.0, "hold": hold}, started, release))
+        worker.start()
+        assert started.wait(timeout=60)
+        assert store.delivery_hold() == HoldReason(**hold)
+        samples = scrape(store)
+        assert value(samples, "sr2fhir_delivery_held") == 1
+        assert value(samples, "sr2fhir_delivery_held_since_timestamp_seconds") == 1000.0
+        assert value(samples, "sr2fhir_delivery_hold_reason", problem="unauthorized", status_code="401") == 1
+        assert value(samples, "sr2fhir_delivery_holds_total") == 1
+        os.kill(worker.pid, signal.SIGKILL)  # died while held: its file still says held ...
+        worker.join()
+        assert store.delivery_hold() is not None
+        store.process_exited(worker.pid)  # ... until the daemon folds it: an exited worker holds nothing
+        assert store.delivery_hold() is None
+        samples = scrape(store)
+        assert value(samples, "sr2fhir_delivery_held") == 0
+        assert not [key for key in samples if key[0] == "sr2fhir_delivery_hold_reason"]
+        assert value(samples, "sr2fhir_delivery_holds_total") == 1
+
+    def test_a_hold_that_ended_or_a_worker_that_stopped_holds_nothing(self, store: WorkerMetricsStore) -> None:
+        hold = {"problem": "forbidden", "status_code": 403, "detail": "HTTP 403", "since": 1000.0}
+        run_child(store.directory, hold=hold, resume=True)
+        assert store.delivery_hold() is None
+        run_child(store.directory, hold=hold, close=True)  # a clean stop while held
+        assert store.delivery_hold() is None
+        assert value(scrape(store), "sr2fhir_delivery_holds_total") == 2
 
     def test_reset_starts_a_daemon_run_from_zero(self, store: WorkerMetricsStore) -> None:
         pid = run_child(store.directory, delivered=4)

@@ -406,3 +406,24 @@ def test_supervise_restarts_a_dead_worker_and_keeps_ticking_through_the_back_off
     # ticks went on while the restart was pending (1 s back-off at 0.01 s a tick), reported as not running
     waiting = monitor.ticks[1:monitor.ticks.index(True, 1)]
     assert len(waiting) >= 2 and not any(waiting)
+
+
+def test_the_status_line_names_a_delivery_hold_while_the_worker_publishes_one(tmp_path):
+    from datetime import datetime
+
+    from scp.delivery.reasons import HoldReason
+    from scp.spool import Spool
+    from scp.telemetry.metrics import WorkerMetrics
+
+    spool = Spool(tmp_path / "spool")
+    store = WorkerMetricsStore(metrics_directory(spool.directory))
+    store.reset()
+    assert daemon._backlog(spool, store) == "0 pending, 0 failed"
+    worker = WorkerMetrics(store.directory)
+    since = datetime(2026, 11, 27, 2, 13, 5).timestamp()  # local time, as journald shows it
+    reason = HoldReason("unauthorized", 401, "HTTP 401 Unauthorized", since)
+    worker.hold_started(reason)
+    assert daemon._backlog(spool, store) == "0 pending, 0 failed; delivery held: FHIR server answers 401 since 02:13"
+    worker.hold_ended(reason, 60.0)
+    assert daemon._backlog(spool, store) == "0 pending, 0 failed"
+    worker.close()
