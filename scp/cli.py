@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         _config_argument(spool_commands.add_parser(name, help=text))
     retry = spool_commands.add_parser("retry", help="re-queue dead letters (all, or the IDs given)")
     retry.add_argument("ids", nargs="*", metavar="ID", help="dead-letter ids from `sr2fhir spool failed`")
+    retry.add_argument("--endpoint-problems", action="store_true",
+                       help="re-queue the dead letters an earlier release made for an endpoint problem "
+                       "(marked by `sr2fhir spool failed`)")
     _config_argument(retry)
     return parser
 
@@ -101,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check_config(settings, str(config_path) if config_path else "built-in defaults")
     from .commands.spool import run_spool_command
 
-    return run_spool_command(args.spool_command, settings, getattr(args, "ids", None))
+    return run_spool_command(args.spool_command, settings, getattr(args, "ids", None),
+                             endpoint_problems=getattr(args, "endpoint_problems", False))
 
 
 def _version() -> str:

@@ -27,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "delivery": {"spool", "config"},
     "telemetry": {"spool", "config", "delivery.reasons"},
     "service": {"dicom", "delivery", "telemetry", "spool", "config"},
-    "commands": {"spool", "config"},
+    "commands": {"spool", "config", "telemetry.metrics_store"},  # spool status: the worker's published hold
     "cli": {"commands", "config", "service", "telemetry.logs"},
 }
 for _group in ALLOWED:  # the shared building blocks are below everything
