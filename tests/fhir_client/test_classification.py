@@ -20,12 +20,26 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fhir_client import EndpointProblem, FhirClient, FhirSettings, Outcome, RetrySettings, SendResult, TlsSettings
-from fhir_client.results import ENDPOINT_STATUS_PROBLEMS, endpoint_problem_of_error
+from fhir_client import (
+    EndpointProblem,
+    FhirClient,
+    FhirSettings,
+    Outcome,
+    RetrySettings,
+    SendResult,
+    TlsSettings,
+)
 from fhir_client.errors import TokenRequestError
+from fhir_client.results import ENDPOINT_STATUS_PROBLEMS, endpoint_problem_of_error
 
-from .fakes import BASE_URL, fhir_json, fhir_settings, make_client, operation_outcome, transaction_bundle, \
-    transaction_response
+from .fakes import (
+    fhir_json,
+    fhir_settings,
+    make_client,
+    operation_outcome,
+    transaction_bundle,
+    transaction_response,
+)
 
 CAPABILITY = {"resourceType": "CapabilityStatement", "fhirVersion": "5.0.0", "status": "active"}
 HTML = httpx.Response(200, headers={"Content-Type": "text/html"}, text="<html><form>Sign in</form></html>")
@@ -183,7 +197,7 @@ def test_errors_instead_of_answers(error, problem):
 
 
 class _Answer(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", "0")))
         body = json.dumps(transaction_response()).encode()
         self.send_response(200)

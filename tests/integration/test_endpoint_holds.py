@@ -21,6 +21,7 @@ import os
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -250,6 +251,7 @@ def test_a_wrong_base_url_holds_until_a_restart_with_the_right_one(fhir_server, 
             held = assert_held(daemon, base, tmp_path, config, capsys, status_code=404, problem="not_found")
             assert "[base]/metadata is no FHIR server either" in held["reason"]
             assert daemon.terminate() == 0
+        refused = Counter("POST" if e.method == "POST" else "probe" for e in proxy.log if e.status == 404)
         assert Spool(tmp_path / "spool").status().failed == 0
 
         settings = yaml.safe_load(config.read_text(encoding="utf-8"))
@@ -268,7 +270,8 @@ def test_a_wrong_base_url_holds_until_a_restart_with_the_right_one(fhir_server, 
     assert Spool(tmp_path / "spool").status().failed == 0
     assert not missing_on_server(fhir_server, resource_keys(datasets))
     print(f"\n404 base URL: {COUNT} SRs arrived while held, 0 dead-lettered, {COUNT} delivered once after the "
-          f"restart with the right fhir.base_url, drained {drained_s:.1f} s after the restart began")
+          f"restart with the right fhir.base_url, drained {drained_s:.1f} s after the restart began; "
+          f"{refused['POST']} Bundles and {refused['probe']} probes or base checks refused while held")
 
 
 def token(status_code: int, body: dict[str, Any]):
@@ -294,6 +297,7 @@ def test_a_token_endpoint_that_refuses_the_client_holds_the_queue_until_it_issue
             assert "invalid_client" in held["reason"] and "rotated-yesterday" not in json.dumps(daemon.events)
             assert not [entry for entry in proxy.log if entry.method == "POST"]  # no Bundle without a token
 
+            token_requests = len(token_endpoint.log)
             token_endpoint.set_mode(issue)  # the client is registered again
             fixed_at = time.monotonic()
             daemon.wait_for("delivery_resumed", timeout_s=60)
@@ -307,4 +311,5 @@ def test_a_token_endpoint_that_refuses_the_client_holds_the_queue_until_it_issue
     assert [deliveries(log, ds) for ds in datasets] == [1] * COUNT
     assert Spool(tmp_path / "spool").status().failed == 0
     print(f"\ntoken endpoint {refusal_status} invalid_client: {COUNT} SRs arrived while held, 0 dead-lettered, "
-          f"{COUNT} delivered once; resumed {resumed_s:.1f} s and drained {drained_s:.1f} s after the fix")
+          f"{COUNT} delivered once; resumed {resumed_s:.1f} s and drained {drained_s:.1f} s after the fix; "
+          f"{token_requests} token requests refused while held")

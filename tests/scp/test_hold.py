@@ -26,7 +26,14 @@ from scp.delivery.forwarder import run_forwarder
 from scp.delivery.hold import DeliveryHold, HoldState, ProbeBackoff
 from scp.delivery.reasons import HoldReason
 from scp.spool import RecordFields, Spool
-from tests.fhir_client.fakes import FakeTime, delivered, fhir_json, fhir_settings, make_client, transaction_bundle
+from tests.fhir_client.fakes import (
+    FakeTime,
+    delivered,
+    fhir_json,
+    fhir_settings,
+    make_client,
+    transaction_bundle,
+)
 from tests.support import sr_builders as sr
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.22"
@@ -351,7 +358,7 @@ def test_the_forwarder_holds_probes_tries_the_oldest_then_delivers_everything_on
         await recorder.ended.wait()
 
     with capture_logs() as logs:
-        recorder, hold = asyncio.run(forward(spool, endpoint, script, settle=len(uids)))
+        recorder, _ = asyncio.run(forward(spool, endpoint, script, settle=len(uids)))
     assert sorted(delivered_uids) == sorted(uids) and len(delivered_uids) == 12  # each once
     assert delivered_uids[0] == uids[0]  # the trial: the oldest
     assert spool.status().failed == 0
@@ -418,7 +425,7 @@ def test_a_422_while_running_is_dead_lettered_without_a_hold(tmp_path: Path) -> 
 
 @pytest.mark.parametrize("concurrency", [1, 4])
 def test_stop_while_held_leaves_everything_pending(tmp_path: Path, concurrency: int) -> None:
-    spool, uids = fill_spool(tmp_path / "spool", 5)
+    spool, _ = fill_spool(tmp_path / "spool", 5)
     endpoint = Endpoint(lambda uid: UNAUTHORIZED)
 
     async def script(recorder: Recorder, hold: DeliveryHold) -> None:
