@@ -32,7 +32,9 @@ does for prometheus_client's live gauges). :meth:`WorkerMetricsStore.reset` empt
 directory at daemon start: counters start at zero with each run, as Prometheus expects.
 
 The worker also publishes its **FHIR contact state** here (last time the server gave a final
-answer; since when requests fail), which ``scp.telemetry.health`` turns into readiness. No metric
+answer; since when requests fail) and its **delivery hold** (why and since when it holds the
+queue because the FHIR endpoint itself is wrong, :mod:`scp.delivery.hold`), which
+``scp.telemetry.health`` turns into readiness and the daemon into its systemd status line. No metric
 carries patient data: labels are calling AE titles, C-STORE statuses and fixed reasons.
 
 This module is the public face; the parts live beside it, one concept each:
