@@ -63,12 +63,12 @@ def run_spool_command(action: str, settings: Settings, ids: list[str] | None, *,
                   retention=settings.spool.retention)
     if action == "status":
         status = spool.status()
-        print(f"spool:    {settings.spool.directory}", file=out)
-        print(f"pending:  {status.pending} ({status.pending_bytes} bytes)"
+        print(f"spool:   {settings.spool.directory}", file=out)
+        print(f"pending: {status.pending} ({status.pending_bytes} bytes)"
               + (f", oldest received {status.oldest_pending_received_at}" if status.oldest_pending_received_at else ""),
               file=out)
         endpoint = len(_endpoint_items(spool.failed())) if status.failed else 0
-        print(f"failed:   {status.failed}" + (f" ({endpoint} for an endpoint problem: "
+        print(f"failed:  {status.failed}" + (f" ({endpoint} for an endpoint problem: "
                                                "`sr2fhir spool retry --endpoint-problems`)" if endpoint else ""),
               file=out)
         hold = WorkerMetricsStore(metrics_directory(settings.spool.directory)).delivery_hold()

@@ -90,7 +90,7 @@ def test_failed_marks_the_endpoint_problems_and_retry_brings_back_only_those(tmp
                            "re-queues those)")
 
     code, out, _ = run(capsys, "spool", "status", "--config", config)
-    assert "failed:   5 (2 for an endpoint problem: `sr2fhir spool retry --endpoint-problems`)" in out
+    assert "failed:  5 (2 for an endpoint problem: `sr2fhir spool retry --endpoint-problems`)" in out
 
     code, out, err = run(capsys, "spool", "retry", "--endpoint-problems", "--config", config)
     assert code == 0 and out.split() == [ids[0], ids[2]]
