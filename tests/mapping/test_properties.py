@@ -489,7 +489,7 @@ def mutated(*mutations: Mutation) -> Dataset:
     for mutation in mutations:
         try:
             mutation.apply(ds)
-        except (KeyError, IndexError, TypeError, ValueError, OverflowError):
+        except (KeyError, IndexError, TypeError, ValueError, OverflowError, AttributeError):
             reject()
     return ds
 
