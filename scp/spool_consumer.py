@@ -27,7 +27,9 @@ from .spool_db import (
     free_bytes,
     fsync_dir,
     insert_items,
-    retrying,
+    new_rows,
+    remove_items,
+    vacuum_if_sparse,
     write_transaction,
 )
 from .spool_items import (
@@ -49,12 +51,6 @@ log = structlog.get_logger()
 
 ItemOutcome: TypeAlias = Literal["delivered", "superseded", "failed"]
 OUTCOMES: frozenset[str] = frozenset({"delivered", "superseded", "failed"})
-VACUUM_MIN_PAGES = 4096
-"""The consumer gives free pages back to the file system (``PRAGMA incremental_vacuum``)
-once at least this many (16 MiB) are free and they are a quarter of the file or more
-(fewer are reused by the next puts; a writer short of space gives back any number)."""
-VACUUM_STEP_PAGES = 1024
-"""Pages given back per :meth:`SpoolConsumer.pending` call, so the write lock is short."""
 LEGACY_RETRY_S = 60.0
 """How often the consumer tries again to migrate journal segments left by an earlier try."""
 
@@ -75,7 +71,11 @@ class SpoolConsumer:
         self._conn: sqlite3.Connection | None = None
         self._reader: PayloadReader | None = None
         self._checked_to = 0
-        """Every item up to this seq has been checked against the same-UID rule."""
+        """Every row up to this seq has been checked against the same-UID rule."""
+        self._newest: dict[str, tuple[int, int]] = {}
+        """SOP Instance UID -> (received_us, seq) of the copy kept, for every pending item."""
+        self._superseded: dict[int, str] = {}
+        """seq -> SOP Instance UID of older copies to remove (still there if removing failed)."""
         self._deletions = 0
         self._legacy_left = 0
         self._legacy_retry_at = 0.0
@@ -85,7 +85,9 @@ class SpoolConsumer:
         self.open()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def open(self) -> None:
@@ -111,6 +113,8 @@ class SpoolConsumer:
                 self._conn = self._database.connect(synchronous="NORMAL")
                 self._reader = PayloadReader(self._database)
                 self._checked_to = 0
+                self._newest.clear()
+                self._superseded.clear()
                 self._checkpoint_pages = None
                 self._migrate()
                 self._supersede()
@@ -174,8 +178,10 @@ class SpoolConsumer:
                 except OSError as exc:
                     raise spool_error(exc, f"cannot keep item {item.id}") from exc
             with write_transaction(conn, f"cannot mark item {item.id} {outcome}"):
-                conn.execute("DELETE FROM items WHERE seq = ?", (item.seq,))
+                remove_items(conn, [item.seq])
             self._deletions += 1
+            if self._newest.get(item.sop_instance_uid, (0, 0))[1] == item.seq:
+                del self._newest[item.sop_instance_uid]
 
     def dead_letter(self, item: SpoolItem, sidecar: Mapping[str, Any]) -> None:
         """Move ``item`` to ``failed/`` with ``sidecar`` (reason, OperationOutcome, attempts...)."""
@@ -260,38 +266,44 @@ class SpoolConsumer:
     def _supersede(self) -> set[int]:
         """Remove older copies of a SOP Instance UID (rule 3); returns the seqs of copies
         that could not be removed (not to be handed out now; tried again next time)."""
-        conn, reader = self._open_conn()
+        conn, _ = self._open_conn()
         try:
-            groups, top = self._database.copies(conn, reader, self._checked_to)
+            rows = new_rows(conn, self._checked_to)
         except sqlite3.Error as exc:
             raise spool_error(exc, "cannot read the spool") from exc
-        older = [item for copies in groups for item in copies[:-1]]
-        if older:
-            try:
-                with write_transaction(conn, "cannot remove superseded items"):
-                    conn.executemany("DELETE FROM items WHERE seq = ?", [(item.seq,) for item in older])
-            except SpoolError as exc:
-                log.error("spool_supersede_failed", error=str(exc))
-                return {item.seq for item in older}
-            self._deletions += len(older)
-            for item in older:
-                log.info("spool_item_superseded", item_id=item.id, sop_instance_uid=item.sop_instance_uid)
-        self._checked_to = top
+        for seq, sop_instance_uid, received in rows:
+            kept = self._newest.get(sop_instance_uid)
+            if kept is not None and kept > (received, seq):
+                self._superseded[seq] = sop_instance_uid
+                continue
+            if kept is not None:
+                self._superseded[kept[1]] = sop_instance_uid
+            self._newest[sop_instance_uid] = (received, seq)
+        if rows:
+            self._checked_to = rows[-1][0]
+        if not self._superseded:
+            return set()
+        try:
+            with write_transaction(conn, "cannot remove superseded items"):
+                remove_items(conn, list(self._superseded))
+        except SpoolError as exc:
+            log.error("spool_supersede_failed", error=str(exc))
+            return set(self._superseded)
+        self._deletions += len(self._superseded)
+        for seq, sop_instance_uid in self._superseded.items():
+            log.info("spool_item_superseded", item_id=self._database.item_id(seq), sop_instance_uid=sop_instance_uid)
+        self._superseded.clear()
         return set()
 
     def _vacuum_if_sparse(self, conn: sqlite3.Connection) -> None:
-        """Give free pages back to the file system when a quarter of the file or more is free."""
+        """Give free pages back to the file system when the file is mostly free pages."""
         if not self._deletions:
             return
         self._deletions = 0
         try:
-            free = retrying(lambda: conn.execute("PRAGMA freelist_count").fetchall())[0][0]
-            pages = retrying(lambda: conn.execute("PRAGMA page_count").fetchall())[0][0]
-            if free >= VACUUM_MIN_PAGES and free * 4 >= pages:
-                retrying(lambda: conn.executescript(f"PRAGMA incremental_vacuum({VACUUM_STEP_PAGES});"))
-                log.debug("spool_vacuumed", free_pages=free, pages=pages, released=min(free, VACUUM_STEP_PAGES))
-                self._deletions = 1  # look again next time: there may be more
-        except sqlite3.Error as exc:  # only space not given back yet
+            if vacuum_if_sparse(conn):
+                log.info("spool_vacuumed", size=self._database.path.stat().st_size)
+        except (sqlite3.Error, OSError) as exc:  # only space not given back yet
             log.warning("spool_vacuum_failed", error=str(exc))
 
     def _close_all(self, lock_fd: int) -> None:

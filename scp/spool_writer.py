@@ -18,7 +18,7 @@ from .spool_db import (
     adapt_checkpoints,
     free_bytes,
     insert_items,
-    retrying,
+    vacuum_if_sparse,
     write_transaction,
 )
 from .spool_items import ItemId, RecordFields, SpoolError, SpoolFullError, spool_error
@@ -117,8 +117,9 @@ class SpoolWriter:
         return free_bytes(self._root)
 
     def release_space(self) -> None:
-        """Give the database's free pages back to the file system and truncate the WAL
-        (as far as other connections let it); for a full disk. Never raises."""
+        """Give the database's free pages back to the file system (``VACUUM``, unless many
+        items are pending) and truncate the WAL (as far as other connections let it); for
+        a full disk. Never raises."""
         with self._cond:
             while self._busy:
                 self._cond.wait()
@@ -186,14 +187,15 @@ class SpoolWriter:
                                  f"(the spool keeps {RESERVE_BYTES} bytes to remove what it delivers)")
 
     def _reclaim(self) -> None:
-        """Incremental vacuum (free pages back to the file system), then a TRUNCATE checkpoint."""
+        """``VACUUM`` if the pages in use are few (:func:`scp.spool_db.vacuum_if_sparse`), then a
+        TRUNCATE checkpoint (as far as other connections let it)."""
         self._reclaimed_at = time.monotonic()
         conn = self._conn
         try:
-            retrying(lambda: conn.executescript("PRAGMA incremental_vacuum;"), timeout_s=1.0)
+            vacuumed = vacuum_if_sparse(conn, force=True)
             busy, wal_frames, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0]
         except sqlite3.Error as exc:
             log.warning("spool_release_space_failed", error=str(exc))
             return
-        log.info("spool_space_released", reason="spool file system full or under its reserve",
+        log.info("spool_space_released", reason="spool file system full or under its reserve", vacuumed=vacuumed,
                  wal_truncated=not busy, wal_frames=wal_frames)

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 from structlog.testing import capture_logs
 
-from scp import spool_consumer, spool_db
+from scp import spool_db
 from scp import spool_writer as spool_module
 from scp.spool import (
     CONSUMER_LOCK,
@@ -687,9 +687,9 @@ def test_concurrent_puts_lose_nothing(tmp_path: Path, readers: int) -> None:
 
 
 def test_consumed_items_give_their_space_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Delivered rows are deleted; once a quarter of the file is free pages (and at least
-    VACUUM_MIN_PAGES, lowered here), the consumer returns them to the file system."""
-    monkeypatch.setattr(spool_consumer, "VACUUM_MIN_PAGES", 16)
+    """Delivered rows are deleted; once the file is mostly free pages (at least
+    VACUUM_MIN_FREE_PAGES, lowered here), the consumer returns them to the file system."""
+    monkeypatch.setattr(spool_db, "VACUUM_MIN_FREE_PAGES", 16)
     spool = Spool(tmp_path / "spool")
     with spool.writer() as writer:
         for n in range(200):
@@ -859,13 +859,13 @@ class SpoolMachine(RuleBasedStateMachine):
 
 
 class VacuumingSpoolMachine(SpoolMachine):
-    """The same with a checkpoint every 8 WAL frames and a vacuum step (4 pages) on every
-    look at the spool: pages of pending items are moved around all the time."""
+    """The same with a checkpoint every 8 WAL frames and a VACUUM whenever a page is free
+    after removals: the file of pending items is rewritten all the time."""
 
     patches = {
         (spool_db, "checkpoint_pages"): lambda free_bytes, normal: 8,
-        (spool_consumer, "VACUUM_MIN_PAGES"): 1,
-        (spool_consumer, "VACUUM_STEP_PAGES"): 4,
+        (spool_db, "VACUUM_MIN_FREE_PAGES"): 1,
+        (spool_db, "VACUUM_FREE_RATIO"): 0,
     }
 
 
