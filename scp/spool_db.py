@@ -102,9 +102,9 @@ VACUUM_MIN_FREE_PAGES = 4096
 at least this many (16 MiB) are free ..."""
 VACUUM_FREE_RATIO = 4
 """... and at least this many times as many as the pages in use ..."""
-VACUUM_MAX_LIVE_PAGES = 16384
-"""... and those are not more than this (64 MiB): VACUUM copies them while it holds the
-write lock, so puts wait for it."""
+VACUUM_MAX_LIVE_PAGES = 4096
+"""... and those are not more than this (16 MiB): VACUUM copies them while it holds the
+write lock, so puts wait for it (about 0.1 s for 16 MiB here)."""
 
 
 def checkpoint_pages(free_bytes: int, normal: int) -> int:
@@ -235,14 +235,18 @@ def new_rows(conn: sqlite3.Connection, since: int) -> list[tuple[int, str, int]]
 
 def vacuum_if_sparse(conn: sqlite3.Connection, *, force: bool = False) -> bool:
     """``VACUUM`` (rewrite the file without its free pages) when at least
-    :data:`VACUUM_MIN_FREE_PAGES` are free and the rest is small (:data:`VACUUM_MAX_LIVE_PAGES`,
-    at most a :data:`VACUUM_FREE_RATIO`-th of the free ones), so the pause is short;
-    ``force``: whenever anything is free and the rest is small. Returns whether it ran."""
+    :data:`VACUUM_MIN_FREE_PAGES` are free, :data:`VACUUM_FREE_RATIO` times as many as
+    those in use, and those are few (:data:`VACUUM_MAX_LIVE_PAGES`: VACUUM copies them while
+    it holds the write lock). ``force`` (short of space): as soon as the free pages are
+    at least 16 and an eighth of those in use. Returns whether it ran."""
     free = retrying(lambda: conn.execute("PRAGMA freelist_count").fetchall())[0][0]
     live = retrying(lambda: conn.execute("PRAGMA page_count").fetchall())[0][0] - free
-    if free < (1 if force else VACUUM_MIN_FREE_PAGES) or live > VACUUM_MAX_LIVE_PAGES:
+    if live > VACUUM_MAX_LIVE_PAGES:
         return False
-    if not force and live * VACUUM_FREE_RATIO > free:
+    if force:
+        if free < 16 or free * 8 < live:
+            return False
+    elif free < VACUUM_MIN_FREE_PAGES or live * VACUUM_FREE_RATIO > free:
         return False
     retrying(lambda: conn.execute("VACUUM"))
     return True
