@@ -1,0 +1,317 @@
+"""The forwarder's side of the spool: pending items, delivered marks, dead letters, re-queue.
+
+See :mod:`scp.spool` for the layout and the recovery rules this follows.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+import time
+import zlib
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Literal, TypeAlias
+
+import structlog
+
+from .spool_db import (
+    CHECKPOINT_PAGES,
+    PayloadReader,
+    SpoolDatabase,
+    adapt_checkpoints,
+    durable,
+    free_bytes,
+    fsync_dir,
+    insert_items,
+    new_rows,
+    remove_items,
+    vacuum_if_sparse,
+    write_transaction,
+)
+from .spool_items import (
+    ItemId,
+    RecordFields,
+    SpoolCorruptError,
+    SpoolError,
+    SpoolItem,
+    SpoolLockedError,
+    spool_error,
+    utc_now_iso,
+)
+from .spool_files import DATA_SUFFIX, SIDECAR_SPOOL_KEY, SpoolLayout, write_file
+from .spool_legacy import MIGRATION_CHUNK_BYTES, migrate
+
+__all__ = ["OUTCOMES", "ItemOutcome", "SpoolConsumer"]
+
+log = structlog.get_logger()
+
+ItemOutcome: TypeAlias = Literal["delivered", "superseded", "failed"]
+OUTCOMES: frozenset[str] = frozenset({"delivered", "superseded", "failed"})
+LEGACY_RETRY_S = 60.0
+"""How often the consumer tries again to migrate journal segments left by an earlier try."""
+
+
+class SpoolConsumer:
+    """The forwarder's side: pending items oldest first, delivered marks, dead letters.
+
+    Only one consumer per spool (``consumer.lock``). Use as a context manager or call
+    :meth:`open` and :meth:`close`. Methods may be called from several threads.
+    """
+
+    def __init__(self, layout: SpoolLayout, database: SpoolDatabase, *, retention: Literal["delete", "keep"]) -> None:
+        self._layout = layout
+        self._database = database
+        self._retention = retention
+        self._lock = threading.RLock()
+        self._lock_fd = -1
+        self._conn: sqlite3.Connection | None = None
+        self._reader: PayloadReader | None = None
+        self._checked_to = 0
+        """Every row up to this seq has been checked against the same-UID rule."""
+        self._newest: dict[str, tuple[int, int]] = {}
+        """SOP Instance UID -> (received_us, seq) of the copy kept, for every pending item."""
+        self._superseded: dict[int, str] = {}
+        """seq -> SOP Instance UID of older copies to remove (still there if removing failed)."""
+        self._deletions = 0
+        self._legacy_left = 0
+        self._legacy_retry_at = 0.0
+        self._checkpoint_pages: int | None = None
+
+    def __enter__(self) -> SpoolConsumer:
+        self.open()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Take ``consumer.lock`` (else :class:`SpoolLockedError`), open the database and
+        migrate a journal spool left by an earlier release."""
+        with self._lock:
+            if self._lock_fd >= 0:
+                return
+            self._layout.ensure(keep_done=self._retention == "keep")
+            fd = os.open(self._layout.consumer_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                os.close(fd)
+                raise SpoolLockedError(
+                    f"another consumer (pid {holder or 'unknown'}) holds {self._layout.consumer_lock}; "
+                    "only one forwarder may run per spool"
+                ) from None
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                self._conn = self._database.connect(synchronous="NORMAL")
+                self._reader = PayloadReader(self._database)
+                self._checked_to = 0
+                self._newest.clear()
+                self._superseded.clear()
+                self._checkpoint_pages = None
+                self._migrate()
+                self._supersede()
+            except BaseException as exc:
+                self._close_all(fd)
+                if isinstance(exc, OSError):
+                    raise spool_error(exc, f"cannot open the spool at {self._layout.root}") from exc
+                raise
+            self._lock_fd = fd
+
+    def close(self) -> None:
+        """Release the lock; idempotent."""
+        with self._lock:
+            self._close_all(self._lock_fd)
+            self._lock_fd = -1
+
+    def pending(self, limit: int | None = None) -> list[SpoolItem]:
+        """Up to ``limit`` pending items, oldest first (the order they were stored in).
+
+        Picks up re-queued dead letters, drops older copies of a SOP Instance UID (logged
+        as superseded) and gives free space back to the file system now and then.
+        """
+        with self._lock:
+            conn, reader = self._open_conn()
+            try:
+                self.ingest_requeued()
+            except SpoolError as exc:  # keep delivering (which may free space); retry next time
+                log.error("spool_requeue_failed", error=str(exc))
+            if self._legacy_left and time.monotonic() >= self._legacy_retry_at:
+                self._migrate()
+            hidden = self._supersede()
+            self._vacuum_if_sparse(conn)
+            try:  # its removals checkpoint sooner too when space is low
+                self._checkpoint_pages = adapt_checkpoints(conn, free_bytes(self._layout.root), self._checkpoint_pages,
+                                                           CHECKPOINT_PAGES)
+            except (OSError, sqlite3.Error) as exc:
+                log.warning("spool_free_space_unknown", error=str(exc))
+            try:
+                items = self._database.pending(conn, reader, None if limit is None else limit + len(hidden))
+            except sqlite3.Error as exc:
+                raise spool_error(exc, "cannot read the spool") from exc
+            return [item for item in items if item.seq not in hidden][:limit]
+
+    def mark_delivered(self, item: SpoolItem, outcome: ItemOutcome = "delivered") -> None:
+        """Remove ``item`` (one commit, not fsync'ed by itself: rule 2 of :mod:`scp.spool`);
+        it is not pending again. With retention "keep" a delivered item's bytes go to
+        ``done/<id>.dcm`` first (fsync'ed)."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {sorted(OUTCOMES)}, not {outcome!r}")
+        with self._lock:
+            conn, reader = self._open_conn()
+            if outcome == "delivered" and self._retention == "keep":
+                found = reader.read(item.seq)
+                if found is None:
+                    return  # superseded meanwhile: nothing left to keep or to remove
+                if zlib.crc32(found[0]) != found[1]:
+                    raise SpoolCorruptError(f"item {item.id}: CRC mismatch in its payload")
+                try:
+                    write_file(self._layout.done / f"{item.id}{DATA_SUFFIX}", found[0])
+                    fsync_dir(self._layout.done)
+                except OSError as exc:
+                    raise spool_error(exc, f"cannot keep item {item.id}") from exc
+            with write_transaction(conn, f"cannot mark item {item.id} {outcome}"):
+                remove_items(conn, [item.seq])
+            self._deletions += 1
+            if self._newest.get(item.sop_instance_uid, (0, 0))[1] == item.seq:
+                del self._newest[item.sop_instance_uid]
+
+    def dead_letter(self, item: SpoolItem, sidecar: Mapping[str, Any]) -> None:
+        """Move ``item`` to ``failed/`` with ``sidecar`` (reason, OperationOutcome, attempts...)."""
+        if SIDECAR_SPOOL_KEY in sidecar:
+            raise ValueError(f"sidecar key {SIDECAR_SPOOL_KEY!r} is reserved for the spool")
+        spooled: dict[str, Any] = {"id": item.id, **item.record_fields().to_json(), "dead_lettered_at": utc_now_iso()}
+        document = {**sidecar, SIDECAR_SPOOL_KEY: spooled}
+        json.dumps(document)  # a sidecar that is not JSON fails here, before anything is written
+        with self._lock:
+            _, reader = self._open_conn()
+            found = reader.read(item.seq)
+            if found is None:  # superseded by a newer copy, or delivered
+                log.warning("spool_item_gone", item_id=item.id, sop_instance_uid=item.sop_instance_uid)
+                return
+            data, crc = found
+            if zlib.crc32(data) != crc:  # keep what is left; it must not block the queue
+                spooled["damaged"] = f"CRC mismatch in its payload ({len(data)} bytes)"
+            encoded = json.dumps(document, indent=2, sort_keys=True).encode()
+            try:
+                self._layout.write_dead_letter(item.id, data, encoded)
+            except OSError as exc:
+                raise spool_error(exc, f"cannot dead-letter item {item.id}") from exc
+            log.info("spool_item_dead_lettered", item_id=item.id, sop_instance_uid=item.sop_instance_uid)
+            self.mark_delivered(item, "failed")
+
+    def ingest_requeued(self) -> list[ItemId]:
+        """Store the dead letters found in ``requeue/`` again (durably, then remove their
+        files: ``.dcm`` first); returns their new ids."""
+        with self._lock:
+            conn, _ = self._open_conn()
+            new_ids: list[ItemId] = []
+            batch: list[tuple[str, Any, Any, RecordFields, bytes]] = []
+            size = 0
+            try:
+                for old_id, data_path, sidecar_path in self._layout.requeued():
+                    try:
+                        document = json.loads(sidecar_path.read_bytes())
+                        fields = RecordFields.from_json(document[SIDECAR_SPOOL_KEY])
+                    except (ValueError, KeyError, TypeError) as exc:
+                        log.error("spool_requeue_unreadable", item_id=old_id, error=str(exc))
+                        continue
+                    batch.append((old_id, data_path, sidecar_path, fields, data_path.read_bytes()))
+                    size += len(batch[-1][4])
+                    if size >= MIGRATION_CHUNK_BYTES:
+                        new_ids += self._store_requeued(conn, batch)
+                        batch, size = [], 0
+                if batch:
+                    new_ids += self._store_requeued(conn, batch)
+            except OSError as exc:
+                raise spool_error(exc, "cannot take re-queued items") from exc
+            return new_ids
+
+    def _store_requeued(self, conn: sqlite3.Connection, batch: list[tuple[str, Any, Any, RecordFields, bytes]]
+                        ) -> list[ItemId]:
+        with durable(conn), write_transaction(conn, "cannot store re-queued items"):
+            seqs = insert_items(conn, [(fields, data) for _, _, _, fields, data in batch])
+        new_ids = []
+        for seq, (old_id, data_path, sidecar_path, fields, _) in zip(seqs, batch, strict=True):
+            data_path.unlink(missing_ok=True)
+            sidecar_path.unlink(missing_ok=True)
+            new_id = self._database.item_id(seq)
+            log.info("spool_item_requeued", item_id=new_id, requeued_from=old_id,
+                     sop_instance_uid=fields.sop_instance_uid)
+            new_ids.append(new_id)
+        return new_ids
+
+    def _open_conn(self) -> tuple[sqlite3.Connection, PayloadReader]:
+        if self._conn is None or self._reader is None:
+            raise SpoolError("the spool consumer is not open")
+        return self._conn, self._reader
+
+    def _migrate(self) -> None:
+        """Import a journal spool of an earlier release (again, if an earlier try left some)."""
+        assert self._conn is not None
+        try:
+            self._legacy_left = migrate(self._layout.root, self._conn)
+        except SpoolError as exc:  # what is not imported stays in the journal: nothing is lost
+            log.error("spool_migration_failed", error=str(exc))
+            self._legacy_left = 1
+        self._legacy_retry_at = time.monotonic() + LEGACY_RETRY_S
+
+    def _supersede(self) -> set[int]:
+        """Remove older copies of a SOP Instance UID (rule 3); returns the seqs of copies
+        that could not be removed (not to be handed out now; tried again next time)."""
+        conn, _ = self._open_conn()
+        try:
+            rows = new_rows(conn, self._checked_to)
+        except sqlite3.Error as exc:
+            raise spool_error(exc, "cannot read the spool") from exc
+        for seq, sop_instance_uid, received in rows:
+            kept = self._newest.get(sop_instance_uid)
+            if kept is not None and kept > (received, seq):
+                self._superseded[seq] = sop_instance_uid
+                continue
+            if kept is not None:
+                self._superseded[kept[1]] = sop_instance_uid
+            self._newest[sop_instance_uid] = (received, seq)
+        if rows:
+            self._checked_to = rows[-1][0]
+        if not self._superseded:
+            return set()
+        try:
+            with write_transaction(conn, "cannot remove superseded items"):
+                remove_items(conn, list(self._superseded))
+        except SpoolError as exc:
+            log.error("spool_supersede_failed", error=str(exc))
+            return set(self._superseded)
+        self._deletions += len(self._superseded)
+        for seq, sop_instance_uid in self._superseded.items():
+            log.info("spool_item_superseded", item_id=self._database.item_id(seq), sop_instance_uid=sop_instance_uid)
+        self._superseded.clear()
+        return set()
+
+    def _vacuum_if_sparse(self, conn: sqlite3.Connection) -> None:
+        """Give free pages back to the file system when the file is mostly free pages."""
+        if not self._deletions:
+            return
+        self._deletions = 0
+        try:
+            if vacuum_if_sparse(conn):
+                log.info("spool_vacuumed", size=self._database.path.stat().st_size)
+        except (sqlite3.Error, OSError) as exc:  # only space not given back yet
+            log.warning("spool_vacuum_failed", error=str(exc))
+
+    def _close_all(self, lock_fd: int) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        if self._reader is not None:
+            self._reader.close()
+        self._conn = None
+        self._reader = None
+        if lock_fd >= 0:
+            os.close(lock_fd)
