@@ -187,6 +187,7 @@ class Spool:
             raise ValueError(f"retention must be 'delete' or 'keep', not {retention!r}")
         self._layout = SpoolLayout(Path(directory))
         self._database = SpoolDatabase(self._layout.root, wal_size_limit=segment_max_bytes)
+        self._wal_size_limit = segment_max_bytes
         self._retention = retention
 
     @property
@@ -195,7 +196,8 @@ class Spool:
 
     def writer(self) -> SpoolWriter:
         """A writer for this process (one is enough; it is thread-safe)."""
-        return SpoolWriter(self._database, self._connect(checkpoint=WRITER_CHECKPOINT_PAGES), self._layout.root)
+        return SpoolWriter(self._database, self._connect(checkpoint=WRITER_CHECKPOINT_PAGES), self._layout.root,
+                           wal_size_limit=self._wal_size_limit)
 
     def consumer(self) -> SpoolConsumer:
         """The consumer (not yet open: ``with spool.consumer() as consumer: ...``)."""

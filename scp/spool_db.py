@@ -25,8 +25,8 @@ fdatasync'ed; the consumer's removals are the exception, see :mod:`scp.spool`),
     legacy_segments  migration bookkeeping: journal segment name -> offset imported to
 
 A put of a 4.5 KB SR writes three or four pages (page 1, the row's leaf page, one
-overflow page, and the freelist's trunk page when it reuses free pages) and no more: no index (the consumer keeps the newest row per SOP Instance UID in
-memory), no AUTOINCREMENT (``last_seq`` is written only when the highest row is
+overflow page, and the freelist's trunk page when it reuses free pages) and no more: no
+index (the consumer keeps the newest row per SOP Instance UID in memory), no AUTOINCREMENT (``last_seq`` is written only when the highest row is
 removed), no ``auto_vacuum`` (free pages are reused by the next puts, and given back to
 the file system by :func:`vacuum_if_sparse` when the file is mostly empty). Each of the
 three would add a page to every put's commit (measured: 10-18 µs per put each).

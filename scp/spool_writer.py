@@ -5,6 +5,7 @@ See :mod:`scp.spool` for the layout and the recovery rules this follows.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -13,17 +14,20 @@ from pathlib import Path
 import structlog
 
 from .spool_db import (
+    LOW_SPACE_BYTES,
+    PAGE_SIZE,
     WRITER_CHECKPOINT_PAGES,
     SpoolDatabase,
     adapt_checkpoints,
     free_bytes,
     insert_items,
+    retrying,
     vacuum_if_sparse,
     write_transaction,
 )
 from .spool_items import ItemId, RecordFields, SpoolError, SpoolFullError, spool_error
 
-__all__ = ["RECLAIM_INTERVAL_S", "RESERVE_BYTES", "SpoolWriter"]
+__all__ = ["RECLAIM_INTERVAL_S", "RESERVE_BYTES", "SpoolWriter", "wal_preallocation_bytes"]
 
 log = structlog.get_logger()
 
@@ -32,6 +36,14 @@ RESERVE_BYTES = 512 * 1024
 size: the WAL, then ``spool.db``), so that delivered items can still be removed."""
 RECLAIM_INTERVAL_S = 1.0
 """A put that finds too little space gives free pages back first, at most this often."""
+PREALLOCATION_CHUNK_BYTES = 1024 * 1024
+"""The WAL is extended this much at a time, each under SQLite's write lock."""
+
+
+def wal_preallocation_bytes(wal_size_limit: int) -> int:
+    """How far a writer fills the WAL with zeros ahead: the frames of a writer's checkpoint
+    cycle (and a few more), but never past ``journal_size_limit`` (SQLite would cut it)."""
+    return min(wal_size_limit, 32 + (WRITER_CHECKPOINT_PAGES + 100) * (24 + PAGE_SIZE))
 
 
 class _Put:
@@ -54,9 +66,18 @@ class SpoolWriter:
     up; when it is done, one of them (the leader) commits all queued puts in one
     transaction and one fdatasync, and the others wait for it instead of committing
     their own.
+
+    WAL preallocation: a short-lived background thread ("spool-preallocate-wal") fills the
+    WAL with zeros past its end up to :func:`wal_preallocation_bytes`, a megabyte at a time
+    under SQLite's write lock (so no frame is being written there), each fsync'ed. SQLite
+    writes its frames over those zeros and reuses the file after every checkpoint, so a
+    put's fdatasync has no file size or extent change to commit (a growing WAL doubles the
+    cost of a put, measured). Zeros after the last frame read as the end of the WAL. Not
+    done with less than ``LOW_SPACE_BYTES`` free besides.
     """
 
-    def __init__(self, database: SpoolDatabase, conn: sqlite3.Connection, root: Path) -> None:
+    def __init__(self, database: SpoolDatabase, conn: sqlite3.Connection, root: Path, *,
+                 wal_size_limit: int = 0) -> None:
         self._database = database
         self._conn = conn
         self._root = root
@@ -67,6 +88,13 @@ class SpoolWriter:
         self._closed = False
         self._reclaimed_at = float("-inf")
         self._checkpoint_pages: int | None = None
+        self._stop_preallocation = threading.Event()
+        self._preallocation: threading.Thread | None = None
+        target = wal_preallocation_bytes(wal_size_limit)
+        if target > 0:
+            self._preallocation = threading.Thread(target=self._preallocate_wal, args=(target,),
+                                                   name="spool-preallocate-wal", daemon=True)
+            self._preallocation.start()
 
     def __enter__(self) -> SpoolWriter:
         return self
@@ -135,6 +163,9 @@ class SpoolWriter:
 
     def close(self) -> None:
         """Wait for the puts under way, then close the connection; idempotent."""
+        self._stop_preallocation.set()
+        if self._preallocation is not None:
+            self._preallocation.join()
         with self._cond:
             while self._busy or self._queue:
                 self._cond.wait()
@@ -187,8 +218,12 @@ class SpoolWriter:
                                  f"(the spool keeps {RESERVE_BYTES} bytes to remove what it delivers)")
 
     def _reclaim(self) -> None:
-        """``VACUUM`` if the pages in use are few (:func:`scp.spool_db.vacuum_if_sparse`), then a
-        TRUNCATE checkpoint (as far as other connections let it)."""
+        """Stop filling the WAL ahead, ``VACUUM`` if the pages in use are few
+        (:func:`scp.spool_db.vacuum_if_sparse`), then a TRUNCATE checkpoint (as far as other
+        connections let it)."""
+        self._stop_preallocation.set()  # short of space: no zeros ahead any more
+        if self._preallocation is not None:
+            self._preallocation.join()
         self._reclaimed_at = time.monotonic()
         conn = self._conn
         try:
@@ -199,3 +234,40 @@ class SpoolWriter:
             return
         log.info("spool_space_released", reason="spool file system full or under its reserve", vacuumed=vacuumed,
                  wal_truncated=not busy, wal_frames=wal_frames)
+
+    def _preallocate_wal(self, target: int) -> None:
+        """Background thread: zeros past the WAL's end up to ``target`` bytes (see the class)."""
+        wal = Path(f"{self._database.path}-wal")
+        try:
+            if free_bytes(self._root) < LOW_SPACE_BYTES + target:
+                return
+            conn = self._database.connect(checkpoint=WRITER_CHECKPOINT_PAGES)
+        except (OSError, SpoolError) as exc:
+            log.warning("spool_wal_preallocation_failed", error=str(exc))
+            return
+        zeros = bytes(PREALLOCATION_CHUNK_BYTES)
+        try:
+            while not self._stop_preallocation.is_set():
+                retrying(lambda: conn.execute("BEGIN IMMEDIATE"))
+                try:  # no connection writes frames now: past the end is ours to fill
+                    fd = os.open(wal, os.O_WRONLY | os.O_CLOEXEC)
+                    try:
+                        end = os.fstat(fd).st_size
+                        if end >= target:
+                            return
+                        length = min(len(zeros), target - end)
+                        if os.pwrite(fd, memoryview(zeros)[:length], end) != length:
+                            raise OSError("short write while preallocating the WAL")
+                    finally:
+                        os.close(fd)
+                finally:
+                    conn.execute("ROLLBACK")
+                fd = os.open(wal, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fdatasync(fd)  # outside the lock: puts go on meanwhile
+                finally:
+                    os.close(fd)
+        except (OSError, sqlite3.Error) as exc:  # not fatal: SQLite then grows the WAL itself
+            log.warning("spool_wal_preallocation_failed", error=str(exc))
+        finally:
+            conn.close()

@@ -29,6 +29,7 @@ from scp import spool_db
 from scp import spool_writer as spool_module
 from scp.spool import (
     DB_NAME,
+    DEFAULT_SEGMENT_MAX_BYTES,
     Spool,
     SpoolCorruptError,
     SpoolError,
@@ -79,7 +80,8 @@ def test_put_returns_only_after_its_transaction_committed_with_a_full_sync(
 ) -> None:
     traces = traced_connections(monkeypatch)
     writer = spool.writer()
-    [trace] = traces
+    writer._preallocation.join()  # white box: the thread filling the WAL ahead has a connection too
+    trace = traces[0]  # the writer's
     conn = writer._conn  # white box: the settings that make a commit durable
     assert conn.execute("PRAGMA journal_mode").fetchall() == [("wal",)]
     assert conn.execute("PRAGMA synchronous").fetchall() == [(2,)]  # FULL: the WAL is synced at commit
@@ -96,6 +98,7 @@ STRACED_PUTS = """
 import sys
 from scp.spool import RecordFields, Spool
 writer = Spool(sys.argv[1]).writer()
+writer._preallocation.join()  # its fsyncs of the zeros it writes ahead are not the puts'
 writer.put(RecordFields("0.0", "1.2", "1.2.3", "AE"), b"warm up" * 100)
 print("BEGIN-PUTS", flush=True)
 for n in range(20):
@@ -168,7 +171,8 @@ def test_concurrent_puts_share_one_commit(spool: Spool, monkeypatch: pytest.Monk
     next leader commits all of them at once; each put still returns only after that."""
     traces = traced_connections(monkeypatch)
     writer = spool.writer()
-    [trace] = traces
+    writer._preallocation.join()  # white box: the thread filling the WAL ahead has a connection too
+    trace = traces[0]  # the writer's
     condition, release, batches = gated_writer(writer, monkeypatch)
     ids: dict[str, str] = {}
 
@@ -230,7 +234,9 @@ def test_a_put_that_fails_in_a_batch_fails_alone(spool: Spool, monkeypatch: pyte
 
 CRASHING_WRITER = """
 import os, sys
+from scp import spool_writer
 from scp.spool import RecordFields, Spool
+spool_writer.wal_preallocation_bytes = lambda limit: 0  # the WAL's size is where its frames end
 writer = Spool(sys.argv[1]).writer()
 wal = os.path.join(sys.argv[1], "spool.db-wal")
 for n in range(3):
@@ -313,7 +319,7 @@ def test_torn_wal_tail_is_discarded_and_appending_still_works(crashed_spool: tup
 def test_torn_wal_frames_that_read_as_zeros_are_discarded(crashed_spool: tuple[Path, int, int],
                                                           tmp_path: Path) -> None:
     """The file kept its length but the last put's bytes from some offset on never reached
-    the disk (zeros): the same."""
+    the disk (zeros), in a WAL filled with zeros ahead (as a writer does): the same."""
     crashed, second, third = crashed_spool
     data = (crashed / WAL).read_bytes()
     torn = [cut for cut in last_transaction_cuts(second, third)[::3] if data[cut:third].strip(b"\0")]
@@ -322,7 +328,7 @@ def test_torn_wal_frames_that_read_as_zeros_are_discarded(crashed_spool: tuple[P
         directory = copy_of(crashed, tmp_path / str(n))
         with open(directory / WAL, "r+b") as wal:
             wal.seek(cut)
-            wal.write(bytes(third - cut))
+            wal.write(bytes(third - cut + 1024 * 1024))
         assert_first_two_then_appending_works(directory)
 
 
@@ -413,6 +419,7 @@ def test_a_put_waits_for_another_connections_write_transaction(
 
     monkeypatch.setattr(spool_db, "_pause", pause)
     writer = spool.writer()
+    writer._preallocation.join()  # white box: its thread takes the write lock too
     lock_holder.execute("BEGIN IMMEDIATE")
     result: list[str] = []
     thread = threading.Thread(target=lambda: result.append(writer.put(fields("1.1"), payload("1.1"))))
@@ -432,6 +439,7 @@ def test_a_write_lock_held_too_long_fails_the_put_not_the_spool(
 ) -> None:
     monkeypatch.setattr(spool_db, "BUSY_TIMEOUT_S", 0.0)
     with spool.writer() as writer:
+        writer._preallocation.join()  # white box: its thread takes the write lock too
         lock_holder.execute("BEGIN IMMEDIATE")
         with pytest.raises(SpoolError, match="database is locked") as raised:
             writer.put(fields("1.1"), payload("1.1"))
@@ -547,20 +555,45 @@ def test_the_wal_is_cut_back_to_segment_max_bytes(tmp_path: Path) -> None:
         assert [item.size for item in consumer.pending()] == [2 * 1024 * 1024, 300]
 
 
-def test_a_spool_in_use_keeps_its_wal_bounded(spool: Spool) -> None:
-    """Puts and deliveries for a while: checkpoints keep the WAL near its checkpoint size
-    (it is overwritten in place), and no warning is logged."""
-    limit = (spool_db.WRITER_CHECKPOINT_PAGES + 50) * FRAME
+def test_the_wal_is_filled_ahead_and_then_overwritten_in_place(spool: Spool) -> None:
+    """The writer fills the WAL with zeros up to a checkpoint cycle (a put's fdatasync then
+    commits no size change); puts and deliveries for a while: checkpoints keep the WAL at
+    that size, it is overwritten in place, and no warning is logged."""
+    target = spool_module.wal_preallocation_bytes(DEFAULT_SEGMENT_MAX_BYTES)
     with capture_logs() as logs, spool.writer() as writer, spool.consumer() as consumer:
+        writer._preallocation.join()  # white box: the background thread is done
+        wal = spool.directory / WAL
+        assert wal.stat().st_size == target
         for n in range(1500):
             writer.put(fields(f"1.{n}"), payload(f"1.{n}", 4500))
             if n % 10 == 9:
                 for item in consumer.pending():
                     consumer.mark_delivered(item)
-                assert (spool.directory / WAL).stat().st_size < limit
+                assert wal.stat().st_size == target
         assert consumer.pending() == []
     assert [entry for entry in logs if entry["log_level"] in ("warning", "error")] == []
     assert spool.status().pending == 0
+
+
+def test_zeros_ahead_in_the_wal_are_no_damage(crashed_spool: tuple[Path, int, int], tmp_path: Path) -> None:
+    """A writer killed after its WAL was filled ahead: the zeros after the last frame are
+    the end of the WAL, whatever their length."""
+    crashed, _, third = crashed_spool
+    directory = copy_of(crashed, tmp_path)
+    with open(directory / WAL, "r+b") as wal:
+        wal.truncate(third)
+        wal.seek(third)
+        wal.write(bytes(5 * 1024 * 1024))
+    with Spool(directory).consumer() as consumer:
+        assert [item.read() for item in consumer.pending()] == [child_payload(f"1.{n}") for n in range(3)]
+
+
+def test_no_wal_is_filled_ahead_when_space_is_low(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spool_module, "free_bytes", lambda directory: spool_db.LOW_SPACE_BYTES)
+    with spool.writer() as writer:
+        writer._preallocation.join()
+        writer.put(fields("1.1"), payload("1.1"))
+        assert (spool.directory / WAL).stat().st_size < 64 * 1024
 
 
 def test_release_space_gives_free_pages_back_and_truncates_the_wal(spool: Spool) -> None:
