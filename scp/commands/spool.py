@@ -14,7 +14,7 @@ import sys
 from typing import Any, TextIO
 
 from ..config import Settings
-from ..spool import FailedItem, Spool
+from ..spool import FailedItem, open_spool
 from ..telemetry.metrics_store import WorkerMetricsStore, metrics_directory
 
 __all__ = ["endpoint_problem_of", "run_spool_command"]
@@ -59,8 +59,7 @@ def run_spool_command(action: str, settings: Settings, ids: list[str] | None, *,
     """Run one spool action; returns the exit status (1 when an id is unknown)."""
     out = out or sys.stdout
     err = err or sys.stderr
-    spool = Spool(settings.spool.directory, segment_max_bytes=int(settings.spool.segment_max_bytes),
-                  retention=settings.spool.retention)
+    spool = open_spool(settings.spool)
     if action == "status":
         status = spool.status()
         print(f"spool:   {settings.spool.directory}", file=out)

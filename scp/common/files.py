@@ -9,12 +9,15 @@ from pathlib import Path
 __all__ = ["fsync_directory", "write_atomically"]
 
 
-def write_atomically(path: Path, data: bytes, *, sync: bool = True) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, rename it over ``path``.
+def write_atomically(path: Path, data: bytes | bytearray | memoryview, *, sync: bool = True,
+                     sync_directory: bool = True) -> None:
+    """Write ``data`` to a temporary file beside ``path`` (a name starting with a dot), fsync it,
+    rename it over ``path``.
 
-    With ``sync`` (the default) the directory is fsynced too, so the rename survives a power
-    loss; without it the file is still never seen half written. The temporary file is removed
-    if anything fails.
+    With ``sync`` (the default) the file's data is fsynced before the rename and, unless
+    ``sync_directory`` is false (a caller that writes several files and fsyncs the directory
+    once), the directory after it, so the rename survives a power loss. Without ``sync`` the
+    file is still never seen half written. The temporary file is removed if anything fails.
     """
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -27,7 +30,7 @@ def write_atomically(path: Path, data: bytes, *, sync: bool = True) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
-    if sync:
+    if sync and sync_directory:
         fsync_directory(path.parent)
 
 

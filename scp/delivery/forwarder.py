@@ -1,7 +1,7 @@
 """The forwarder: take spooled SRs oldest first, map them, deliver them, settle them.
 
 Runs in the worker process (``scp.service.worker``), never in the listener's interpreter. Each item
-ends in exactly one place: delivered (``mark_delivered``), dead-lettered with its reason
+ends in exactly one place: delivered (``settle``), dead-lettered with its reason
 (``dead_letter``), or still pending (a shutdown interrupted it, or the FHIR endpoint itself is
 wrong and the queue is held: :mod:`.hold`; it is picked up again later). Delivery is idempotent
 (deterministic ids), so an item delivered twice after a crash changes nothing on the server.
@@ -205,7 +205,7 @@ async def process_item(
         if sent.outcome in (Outcome.DELIVERED, Outcome.REJECTED) and hold is not None:
             hold.settled(item.id, answered=True)  # the server answered about the content: the endpoint works
         if sent.outcome is Outcome.DELIVERED:
-            consumer.mark_delivered(item)
+            consumer.settle(item)
             stats.delivered += 1
             for observer in observers:
                 observer.delivered(item, sent, result.bundle)

@@ -40,7 +40,7 @@ from ..telemetry.metrics import (
     metrics_directory,
     render,
 )
-from ..spool import Spool
+from ..spool import Spool, open_spool
 from .systemd import Notifier, ProgressCheck, Sampler, ServiceMonitor, without_notify_env
 from .worker import PARENT_PID_ENV, heartbeat_path
 
@@ -102,8 +102,7 @@ def serve(settings: Settings, config_path: Path | None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
 
-    spool = Spool(settings.spool.directory, segment_max_bytes=int(settings.spool.segment_max_bytes),
-                  retention=settings.spool.retention)
+    spool = open_spool(settings.spool)
     writer = spool.writer()
     dicom = settings.dicom
     ssl_context = server_ssl_context(dicom.tls)  # before the try: an SSLError is an OSError too

@@ -34,7 +34,7 @@ from ..delivery.forwarder import (
 from ..delivery.hold import DeliveryHold, HoldObserver, ProbeBackoff
 from ..telemetry.logs import configure_logging
 from ..telemetry.metrics import WorkerMetrics, metrics_directory
-from ..spool import Spool, SpoolLockedError
+from ..spool import SpoolLockedError, open_spool
 
 __all__ = ["main", "PARENT_PID_ENV", "Heartbeat", "heartbeat_path"]
 
@@ -99,8 +99,7 @@ async def forward(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    spool = Spool(settings.spool.directory, segment_max_bytes=int(settings.spool.segment_max_bytes),
-                  retention=settings.spool.retention)
+    spool = open_spool(settings.spool)
     consumer = spool.consumer()
     try:
         consumer.open()

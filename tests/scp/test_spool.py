@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 from structlog.testing import capture_logs
 
-from scp import spool_db
-from scp import spool_writer as spool_module
+from scp.spool import db as spool_db
+from scp.spool import writer as spool_module
 from scp.spool import (
     CONSUMER_LOCK,
     DB_NAME,
@@ -179,7 +179,7 @@ def test_ids_are_never_reused(spool: Spool, consumer: SpoolConsumer) -> None:
     with spool.writer() as writer:
         first = writer.put(fields("1.1"), payload("1.1"))
         [item] = consumer.pending()
-        consumer.mark_delivered(item)
+        consumer.settle(item)
         second = writer.put(fields("1.2"), payload("1.2"))
     assert second != first
     consumer.close()
@@ -277,7 +277,7 @@ def test_a_crashed_writer_leaves_nothing_to_clean_up(spool: Spool, consumer: Spo
         items = consumer.pending()
         assert [item.read() for item in items] == [child_payload("1.1"), child_payload("1.2")]
         for item in items:
-            consumer.mark_delivered(item)
+            consumer.settle(item)
         with spool.writer() as second:
             second.put(fields("1.3"), payload("1.3"))
         assert uids(consumer.pending()) == ["1.3"]
@@ -294,8 +294,8 @@ def test_mark_delivered_survives_reopen(spool: Spool) -> None:
             writer.put(fields(f"1.{n}"), payload(f"1.{n}"))
     with spool.consumer() as consumer:
         first, second, _ = consumer.pending()
-        consumer.mark_delivered(first)
-        consumer.mark_delivered(second)
+        consumer.settle(first)
+        consumer.settle(second)
         assert uids(consumer.pending()) == ["1.2"]
     with spool.consumer() as consumer:
         assert uids(consumer.pending()) == ["1.2"]
@@ -369,7 +369,7 @@ import sys
 from scp.spool import Spool
 with Spool(sys.argv[1]).consumer() as consumer:
     first = consumer.pending()[0]
-    consumer.mark_delivered(first)
+    consumer.settle(first)
     print("MARKED", first.id, flush=True)
     sys.stdin.read()  # wait here to be killed
 """
@@ -529,7 +529,7 @@ def test_newer_duplicate_arriving_later_supersedes_a_pending_item(spool: Spool, 
     writer.put(fields("1.1"), b"second version")
     [second] = consumer.pending()
     assert second.id != first.id and second.read() == b"second version"
-    consumer.mark_delivered(first)  # the forwarder finishes the one it had started: harmless
+    consumer.settle(first)  # the forwarder finishes the one it had started: harmless
     assert consumer.pending() == [second]
     writer.close()
 
@@ -620,7 +620,7 @@ def test_a_tiny_disk_never_fills_with_delivered_items(tiny_tmpfs: Path) -> None:
             writer.put(fields(f"1.{n}"), payload(f"1.{n}", 3500))
             [item] = consumer.pending()
             assert item.read() == payload(f"1.{n}", 3500)
-            consumer.mark_delivered(item)
+            consumer.settle(item)
     assert spool.status().pending == 0
 
 
@@ -699,7 +699,7 @@ def test_consumed_items_give_their_space_back(tmp_path: Path, monkeypatch: pytes
         assert full > 200 * 8000
         with spool.consumer() as consumer:
             for item in consumer.pending():
-                consumer.mark_delivered(item)
+                consumer.settle(item)
             assert consumer.pending() == []  # this call gives the free pages back
             writer.release_space()  # and this checkpoint makes spool.db shorter
             assert (spool.directory / DB_NAME).stat().st_size < full // 4
@@ -716,7 +716,7 @@ def test_partly_consumed_spool_is_kept(tmp_path: Path) -> None:
             writer.put(fields(f"1.{n}"), payload(f"1.{n}", 700))
     with spool.consumer() as consumer:
         for item in consumer.pending()[:3]:
-            consumer.mark_delivered(item)
+            consumer.settle(item)
         assert uids(consumer.pending()) == ["1.3"]
     with spool.consumer() as consumer:
         assert uids(consumer.pending()) == ["1.3"]
@@ -729,7 +729,7 @@ def test_retention_keep_writes_done_copies(tmp_path: Path) -> None:
         writer.put(fields("1.1"), payload("1.1"))
     with spool.consumer() as consumer:
         [item] = consumer.pending()
-        consumer.mark_delivered(item)
+        consumer.settle(item)
         consumer.pending()
     assert (spool.directory / DONE_DIR / f"{item.id}.dcm").read_bytes() == payload("1.1")
     assert spool.status().pending == 0
@@ -744,7 +744,7 @@ def test_status_counts(spool: Spool) -> None:
         writer.put(fields("1.4"), payload("1.4", 400))
         with spool.consumer() as consumer:
             first, second, _, fourth = consumer.pending()
-            consumer.mark_delivered(first)
+            consumer.settle(first)
             consumer.dead_letter(fourth, {"reason": "HTTP 422"})
             status = spool.status()  # while the writer and the consumer are running
     assert (status.pending, status.pending_bytes, status.failed, status.segments) == (2, 500, 1, 1)
@@ -804,7 +804,7 @@ class SpoolMachine(RuleBasedStateMachine):
 
     @rule(uid=consumes(pending_uids))
     def deliver(self, uid: str) -> None:
-        self.consumer.mark_delivered(self._item(uid))
+        self.consumer.settle(self._item(uid))
         self.state[uid] = "delivered"
 
     @rule(uid=consumes(pending_uids))

@@ -30,9 +30,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from scp import spool_consumer
+from scp.spool import consumer as spool_consumer
 from scp.spool import DB_NAME, Spool
-from scp.spool_legacy import DELIVERED_LOG, JOURNAL_DIR, segment_paths
+from scp.spool.legacy import DELIVERED_LOG, JOURNAL_DIR, segment_paths
 from tests.scp.test_spool import fields, payload, read_marked_line, run_child, uids
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -213,7 +213,7 @@ def test_old_dead_letters_can_be_requeued(legacy_spool: tuple[Path, dict[str, An
 
 MIGRATE_AND_DIE = """
 import pathlib, sys
-from scp import spool_legacy
+from scp.spool import legacy as spool_legacy
 from scp.spool import Spool
 
 where = sys.argv[2]

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from scp import spool_db
-from scp import spool_writer as spool_module
+from scp.spool import db as spool_db
+from scp.spool import writer as spool_module
 from scp.spool import (
     DB_NAME,
     DEFAULT_SEGMENT_MAX_BYTES,
@@ -234,7 +234,7 @@ def test_a_put_that_fails_in_a_batch_fails_alone(spool: Spool, monkeypatch: pyte
 
 CRASHING_WRITER = """
 import os, sys
-from scp import spool_writer
+from scp.spool import writer as spool_writer
 from scp.spool import RecordFields, Spool
 spool_writer.wal_preallocation_bytes = lambda limit: 0  # the WAL's size is where its frames end
 writer = Spool(sys.argv[1]).writer()
@@ -497,7 +497,7 @@ def test_database_full_gives_spool_full_and_delivering_makes_room(spool: Spool) 
         with pytest.raises(SpoolFullError):
             writer.put(fields("2.0"), payload("2.0", 20 * 1024))
         for item in items:
-            consumer.mark_delivered(item)
+            consumer.settle(item)
         writer.put(fields("2.0"), payload("2.0", 20 * 1024))
         assert uids(consumer.pending()) == ["2.0"]
     assert writer._conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
@@ -568,7 +568,7 @@ def test_the_wal_is_filled_ahead_and_then_overwritten_in_place(spool: Spool) -> 
             writer.put(fields(f"1.{n}"), payload(f"1.{n}", 4500))
             if n % 10 == 9:
                 for item in consumer.pending():
-                    consumer.mark_delivered(item)
+                    consumer.settle(item)
                 assert wal.stat().st_size == target
         assert consumer.pending() == []
     assert [entry for entry in logs if entry["log_level"] in ("warning", "error")] == []
@@ -601,7 +601,7 @@ def test_release_space_gives_free_pages_back_and_truncates_the_wal(spool: Spool)
         for n in range(100):
             writer.put(fields(f"1.{n}"), payload(f"1.{n}", 10_000))
         for item in consumer.pending():
-            consumer.mark_delivered(item)
+            consumer.settle(item)
         before = (spool.directory / DB_NAME).stat().st_size + (spool.directory / WAL).stat().st_size
         assert before > 100 * 10_000
         with capture_logs() as logs:

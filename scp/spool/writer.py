@@ -13,7 +13,7 @@ from pathlib import Path
 
 import structlog
 
-from .spool_db import (
+from .db import (
     LOW_SPACE_BYTES,
     PAGE_SIZE,
     WRITER_CHECKPOINT_PAGES,
@@ -25,7 +25,7 @@ from .spool_db import (
     vacuum_if_sparse,
     write_transaction,
 )
-from .spool_items import ItemId, RecordFields, SpoolError, SpoolFullError, spool_error
+from .items import ItemId, RecordFields, SpoolError, SpoolFullError, spool_error
 
 __all__ = ["RECLAIM_INTERVAL_S", "RESERVE_BYTES", "SpoolWriter", "wal_preallocation_bytes"]
 
@@ -202,7 +202,7 @@ class SpoolWriter:
     def _check_space(self, size: int) -> None:
         """:class:`SpoolFullError` unless ``size`` bytes fit above the reserve, after giving
         free pages back to the file system if that helps (at most every RECLAIM_INTERVAL_S).
-        Checkpoints come sooner while space is low (:func:`scp.spool_db.checkpoint_pages`)."""
+        Checkpoints come sooner while space is low (:func:`scp.spool.db.checkpoint_pages`)."""
         needed = RESERVE_BYTES + 2 * size
         try:
             free = self.free_bytes()
@@ -219,7 +219,7 @@ class SpoolWriter:
 
     def _reclaim(self) -> None:
         """Stop filling the WAL ahead, ``VACUUM`` if the pages in use are few
-        (:func:`scp.spool_db.vacuum_if_sparse`), then a TRUNCATE checkpoint (as far as other
+        (:func:`scp.spool.db.vacuum_if_sparse`), then a TRUNCATE checkpoint (as far as other
         connections let it)."""
         self._stop_preallocation.set()  # short of space: no zeros ahead any more
         if self._preallocation is not None:

@@ -50,7 +50,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .spool_items import ItemId, Payload, RecordFields, SpoolError, SpoolItem, received_us, spool_error
+from ..common.files import fsync_directory as fsync_dir
+from .items import ItemId, Payload, RecordFields, SpoolError, SpoolItem, received_us, spool_error
 
 __all__ = [
     "BUSY_TIMEOUT_S",
@@ -344,15 +345,6 @@ def durable(conn: sqlite3.Connection) -> Iterator[None]:
         yield
     finally:
         conn.execute(f"PRAGMA synchronous = {previous}")
-
-
-def fsync_dir(path: Path) -> None:
-    """Make the entries of directory ``path`` (creations, renames, unlinks) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class PayloadReader:

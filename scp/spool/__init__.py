@@ -1,18 +1,18 @@
 """The durable spool between the DICOM listener and the forwarder: one SQLite database.
 
 The listener makes each received instance durable before it answers the C-STORE
-(:meth:`SpoolWriter.put`, :mod:`scp.spool_writer`: one committed transaction, the WAL
+(:meth:`SpoolWriter.put`, :mod:`scp.spool.writer`: one committed transaction, the WAL
 fdatasync'ed); the forwarder, another process, takes items oldest first
-(:class:`SpoolConsumer`, :mod:`scp.spool_consumer`); ``sr2fhir spool ...`` inspects and
+(:class:`SpoolConsumer`, :mod:`scp.spool.consumer`); ``sr2fhir spool ...`` inspects and
 re-queues dead letters while both run (:meth:`Spool.status`, :meth:`Spool.failed`,
-:meth:`Spool.requeue`). The SQL is in :mod:`scp.spool_db`, the plain files in
-:mod:`scp.spool_files`, the reader of the journal spool of earlier releases in
-:mod:`scp.spool_legacy`.
+:meth:`Spool.requeue`). The SQL is in :mod:`scp.spool.db`, the plain files in
+:mod:`scp.spool.files`, the reader of the journal spool of earlier releases in
+:mod:`scp.spool.legacy`.
 
 On-disk layout under the spool directory::
 
     spool.db                         the pending instances (SQLite): one row each, the
-                                     payload as a BLOB with its CRC-32 (schema: spool_db)
+                                     payload as a BLOB with its CRC-32 (schema: scp.spool.db)
     spool.db-wal, spool.db-shm       SQLite's write-ahead log and its index, while a
                                      connection is open (a crashed one's stay: recovered)
     consumer.lock                    flock'ed by the one consumer; holds its pid
@@ -69,7 +69,7 @@ Recovery rules:
    failed; re-queue it again), a duplicate row (rule 3 collapses it) or a lone
    ``requeue/<id>.json`` (already re-queued; removed).
 6. Migration: a ``journal/`` left by an earlier release is imported when a writer or
-   the consumer opens the spool (see :mod:`scp.spool_legacy`: resumable, each segment
+   the consumer opens the spool (see :mod:`scp.spool.legacy`: resumable, each segment
    removed only after its import committed with ``synchronous=FULL``), keeping the
    journal's order and ``received_at``.
 
@@ -85,13 +85,13 @@ import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import structlog
 
-from .spool_consumer import OUTCOMES, ItemOutcome, SpoolConsumer
-from .spool_db import CHECKPOINT_PAGES, DB_NAME, WRITER_CHECKPOINT_PAGES, SpoolDatabase, retrying
-from .spool_files import (
+from .consumer import OUTCOMES, ItemOutcome, SpoolConsumer
+from .db import CHECKPOINT_PAGES, DB_NAME, WRITER_CHECKPOINT_PAGES, SpoolDatabase, retrying
+from .files import (
     CONSUMER_LOCK,
     DONE_DIR,
     FAILED_DIR,
@@ -101,7 +101,7 @@ from .spool_files import (
     FailedItem,
     SpoolLayout,
 )
-from .spool_items import (
+from .items import (
     ItemId,
     RecordFields,
     SpoolCorruptError,
@@ -112,11 +112,15 @@ from .spool_items import (
     received_us,
     spool_error,
 )
-from .spool_legacy import migrate as migrate_journal
-from .spool_legacy import pending_records, segment_paths
-from .spool_writer import RESERVE_BYTES, SpoolWriter
+from .legacy import migrate as migrate_journal
+from .legacy import pending_records, segment_paths
+from .writer import RESERVE_BYTES, SpoolWriter
+
+if TYPE_CHECKING:
+    from ..config import SpoolSettings
 
 __all__ = [
+    "open_spool",
     "CONSUMER_LOCK",
     "DB_NAME",
     "DEFAULT_SEGMENT_MAX_BYTES",
@@ -274,3 +278,8 @@ SELECT count(*), coalesce(sum(size), 0),
 FROM newest
 """
 """Pending items counted as the consumer will hand them out: one per SOP Instance UID."""
+
+
+def open_spool(settings: SpoolSettings) -> Spool:
+    """The spool the ``spool`` section of the configuration describes."""
+    return Spool(settings.directory, segment_max_bytes=int(settings.segment_max_bytes), retention=settings.retention)

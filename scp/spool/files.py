@@ -1,6 +1,6 @@
 """The spool's plain files: directory layout, dead letters, re-queue hand-over, done copies.
 
-The pending instances live in ``spool.db`` (:mod:`scp.spool_db`); what operators look at
+The pending instances live in ``spool.db`` (:mod:`scp.spool.db`); what operators look at
 and move stays files, written the same way as before the database existed:
 
     failed/<id>.dcm, failed/<id>.json    a dead letter: the bytes and the JSON sidecar
@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .spool_db import fsync_dir
-from .spool_items import ItemId, SpoolError, spool_error
+from ..common.files import write_atomically
+from .db import fsync_dir
+from .items import ItemId, SpoolError, spool_error
 
 __all__ = [
     "CONSUMER_LOCK",
@@ -72,13 +73,8 @@ def id_key(item_id: str) -> tuple[int, ...]:
 
 
 def write_file(path: Path, data: bytes | bytearray | memoryview) -> None:
-    """Write ``path`` under a temporary name, fdatasync it, rename it into place."""
-    temp = path.with_name(f"{TEMP_PREFIX}{path.name}{TEMP_SUFFIX}")
-    with open(temp, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fdatasync(out.fileno())
-    os.replace(temp, path)
+    """Write ``path`` atomically with its data fsynced; the caller fsyncs the directory."""
+    write_atomically(path, data, sync_directory=False)
 
 
 class SpoolLayout:

@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeAlias
 
 import structlog
 
-from .spool_db import (
+from .db import (
     CHECKPOINT_PAGES,
     PayloadReader,
     SpoolDatabase,
@@ -32,7 +32,7 @@ from .spool_db import (
     vacuum_if_sparse,
     write_transaction,
 )
-from .spool_items import (
+from .items import (
     ItemId,
     RecordFields,
     SpoolCorruptError,
@@ -42,8 +42,8 @@ from .spool_items import (
     spool_error,
     utc_now_iso,
 )
-from .spool_files import DATA_SUFFIX, SIDECAR_SPOOL_KEY, SpoolLayout, write_file
-from .spool_legacy import MIGRATION_CHUNK_BYTES, migrate
+from .files import DATA_SUFFIX, SIDECAR_SPOOL_KEY, SpoolLayout, write_file
+from .legacy import MIGRATION_CHUNK_BYTES, migrate
 
 __all__ = ["OUTCOMES", "ItemOutcome", "SpoolConsumer"]
 
@@ -158,7 +158,7 @@ class SpoolConsumer:
                 raise spool_error(exc, "cannot read the spool") from exc
             return [item for item in items if item.seq not in hidden][:limit]
 
-    def mark_delivered(self, item: SpoolItem, outcome: ItemOutcome = "delivered") -> None:
+    def settle(self, item: SpoolItem, outcome: ItemOutcome = "delivered") -> None:
         """Remove ``item`` (one commit, not fsync'ed by itself: rule 2 of :mod:`scp.spool`);
         it is not pending again. With retention "keep" a delivered item's bytes go to
         ``done/<id>.dcm`` first (fsync'ed)."""
@@ -205,7 +205,7 @@ class SpoolConsumer:
             except OSError as exc:
                 raise spool_error(exc, f"cannot dead-letter item {item.id}") from exc
             log.info("spool_item_dead_lettered", item_id=item.id, sop_instance_uid=item.sop_instance_uid)
-            self.mark_delivered(item, "failed")
+            self.settle(item, "failed")
 
     def ingest_requeued(self) -> list[ItemId]:
         """Store the dead letters found in ``requeue/`` again (durably, then remove their

@@ -42,8 +42,8 @@ from pathlib import Path
 
 import structlog
 
-from .spool_db import durable, fsync_dir, insert_items, retrying, write_transaction
-from .spool_items import RecordFields, spool_error
+from .db import durable, fsync_dir, insert_items, retrying, write_transaction
+from .items import RecordFields, spool_error
 
 __all__ = ["DELIVERED_LOG", "JOURNAL_DIR", "MIGRATION_CHUNK_BYTES", "LegacyRecord", "legacy_present", "migrate",
            "pending_records", "read_segment", "segment_paths"]
@@ -169,7 +169,7 @@ def migrate(root: Path, conn: sqlite3.Connection, *, chunk_bytes: int = MIGRATIO
     """Import the unconsumed records of the journal spool under ``root`` through ``conn``,
     then remove the journal's files; returns how many segments had to be left (locked).
 
-    Raises :class:`~scp.spool_db.SpoolError` (``SpoolFullError`` when the disk is full);
+    Raises :class:`~scp.spool.db.SpoolError` (``SpoolFullError`` when the disk is full);
     what was committed stays committed and the rest is done by the next call.
     """
     if not legacy_present(root):

@@ -1,7 +1,7 @@
 """What the spool hands out and raises: errors, the record fields, pending items.
 
 Shared by :mod:`scp.spool` (which re-exports every public name here),
-:mod:`scp.spool_db`, :mod:`scp.spool_consumer` and :mod:`scp.spool_legacy`.
+:mod:`scp.spool.db`, :mod:`scp.spool.consumer` and :mod:`scp.spool.legacy`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeAlias
+
+from ..common.times import utc_now_iso
 
 __all__ = [
     "ItemId",
@@ -81,11 +83,6 @@ def spool_error(exc: BaseException, doing: str) -> SpoolError:
     return SpoolError(f"{doing}: {exc}")
 
 
-def utc_now_iso() -> str:
-    """The current time as an ISO 8601 UTC timestamp with microseconds."""
-    return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
 def received_us(timestamp: str) -> int:
     """An ISO 8601 timestamp as microseconds since the epoch (no offset: UTC)."""
     try:
@@ -130,7 +127,7 @@ Payload: TypeAlias = "bytes | bytearray | memoryview"
 
 
 class PayloadSource(Protocol):
-    """Where :meth:`SpoolItem.read` gets the bytes (:class:`scp.spool_db.PayloadReader`)."""
+    """Where :meth:`SpoolItem.read` gets the bytes (:class:`scp.spool.db.PayloadReader`)."""
 
     def read(self, seq: int) -> tuple[bytes, int] | None:
         """(payload, crc32) of item ``seq``, or ``None`` when it is no longer there."""
