@@ -127,7 +127,6 @@ __all__ = [
     "DONE_DIR",
     "FAILED_DIR",
     "OUTCOMES",
-    "PREALLOCATION_CHUNK_BYTES",
     "REQUEUE_DIR",
     "RESERVE_BYTES",
     "FailedItem",
@@ -148,10 +147,6 @@ __all__ = [
 log = structlog.get_logger()
 
 DEFAULT_SEGMENT_MAX_BYTES = 64 * 1024 * 1024
-PREALLOCATION_CHUNK_BYTES = 4 * 1024 * 1024
-"""Unused since the spool is a database (the journal preallocated its segments); the
-``preallocation_chunk_bytes`` argument is still accepted and validated."""
-
 
 @dataclass(frozen=True)
 class SpoolStatus:
@@ -180,9 +175,13 @@ class Spool:
         retention: Literal["delete", "keep"] = "delete",
         preallocation_chunk_bytes: int | None = None,
     ) -> None:
-        """``segment_max_bytes``: the most the WAL file (``spool.db-wal``) keeps on disk after a
-        checkpoint (``journal_size_limit``; it grows past it only for a transaction larger
-        than that). ``preallocation_chunk_bytes``: accepted for compatibility, unused."""
+        """The two knobs of the journal spool keep their names and their checks, with a
+        meaning for the database: ``segment_max_bytes`` is the most the WAL file
+        (``spool.db-wal``) keeps on disk after a checkpoint (``journal_size_limit``; it grows
+        past it only for a transaction larger than that), and the writer fills the WAL with
+        zeros ahead only that far; ``preallocation_chunk_bytes`` is how much of it the writer
+        fills at a time (``None``: :data:`scp.spool.writer.PREALLOCATION_CHUNK_BYTES`; 0: no
+        filling ahead)."""
         if segment_max_bytes <= 0:
             raise ValueError("segment_max_bytes must be positive")
         if preallocation_chunk_bytes is not None and preallocation_chunk_bytes < 0:
@@ -192,6 +191,7 @@ class Spool:
         self._layout = SpoolLayout(Path(directory))
         self._database = SpoolDatabase(self._layout.root, wal_size_limit=segment_max_bytes)
         self._wal_size_limit = segment_max_bytes
+        self._preallocation_chunk_bytes = preallocation_chunk_bytes
         self._retention = retention
 
     @property
@@ -201,7 +201,8 @@ class Spool:
     def writer(self) -> SpoolWriter:
         """A writer for this process (one is enough; it is thread-safe)."""
         return SpoolWriter(self._database, self._connect(checkpoint=WRITER_CHECKPOINT_PAGES), self._layout.root,
-                           wal_size_limit=self._wal_size_limit)
+                           wal_size_limit=self._wal_size_limit,
+                           preallocation_chunk_bytes=self._preallocation_chunk_bytes)
 
     def consumer(self) -> SpoolConsumer:
         """The consumer (not yet open: ``with spool.consumer() as consumer: ...``)."""

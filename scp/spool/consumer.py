@@ -11,7 +11,6 @@ import os
 import sqlite3
 import threading
 import time
-import zlib
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Literal, TypeAlias
@@ -35,10 +34,11 @@ from .db import (
 from .items import (
     ItemId,
     RecordFields,
-    SpoolCorruptError,
     SpoolError,
     SpoolItem,
     SpoolLockedError,
+    checked,
+    crc_problem,
     spool_error,
     utc_now_iso,
 )
@@ -170,10 +170,8 @@ class SpoolConsumer:
                 found = reader.read(item.seq)
                 if found is None:
                     return  # superseded meanwhile: nothing left to keep or to remove
-                if zlib.crc32(found[0]) != found[1]:
-                    raise SpoolCorruptError(f"item {item.id}: CRC mismatch in its payload")
                 try:
-                    write_file(self._layout.done / f"{item.id}{DATA_SUFFIX}", found[0])
+                    write_file(self._layout.done / f"{item.id}{DATA_SUFFIX}", checked(item.id, *found))
                     fsync_dir(self._layout.done)
                 except OSError as exc:
                     raise spool_error(exc, f"cannot keep item {item.id}") from exc
@@ -197,8 +195,9 @@ class SpoolConsumer:
                 log.warning("spool_item_gone", item_id=item.id, sop_instance_uid=item.sop_instance_uid)
                 return
             data, crc = found
-            if zlib.crc32(data) != crc:  # keep what is left; it must not block the queue
-                spooled["damaged"] = f"CRC mismatch in its payload ({len(data)} bytes)"
+            damage = crc_problem(data, crc)
+            if damage is not None:  # keep what is left; it must not block the queue
+                spooled["damaged"] = damage
             encoded = json.dumps(document, indent=2, sort_keys=True).encode()
             try:
                 self._layout.write_dead_letter(item.id, data, encoded)

@@ -26,6 +26,8 @@ __all__ = [
     "SpoolFullError",
     "SpoolItem",
     "SpoolLockedError",
+    "checked",
+    "crc_problem",
     "received_us",
     "spool_error",
     "utc_now_iso",
@@ -33,14 +35,9 @@ __all__ = [
 
 ItemId: TypeAlias = str
 _FULL_CODES = frozenset({sqlite3.SQLITE_FULL, getattr(sqlite3, "SQLITE_IOERR_SHMSIZE", 4874)})
-
-
+"""SQLite's "database or disk is full", and the -shm file that could not grow (ENOSPC)."""
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
 UNPARSEABLE_US = -(2**62)
 """``received_us`` of a ``received_at`` that is not ISO 8601: sorts first, and visibly."""
 
@@ -126,6 +123,19 @@ class RecordFields:
 Payload: TypeAlias = "bytes | bytearray | memoryview"
 
 
+def crc_problem(payload: bytes, crc: int) -> str | None:
+    """What is wrong with ``payload`` given its stored CRC-32 (``None``: nothing)."""
+    return None if zlib.crc32(payload) == crc else f"CRC mismatch in its payload ({len(payload)} bytes)"
+
+
+def checked(item_id: ItemId, payload: bytes, crc: int) -> bytes:
+    """``payload``, or :class:`SpoolCorruptError` if it fails its CRC."""
+    problem = crc_problem(payload, crc)
+    if problem is not None:
+        raise SpoolCorruptError(f"item {item_id}: {problem}")
+    return payload
+
+
 class PayloadSource(Protocol):
     """Where :meth:`SpoolItem.read` gets the bytes (:class:`scp.spool.db.PayloadReader`)."""
 
@@ -155,10 +165,7 @@ class SpoolItem:
         found = self._reader.read(self.seq)
         if found is None:
             raise SpoolError(f"item {self.id} is no longer in the spool")
-        payload, crc = found
-        if zlib.crc32(payload) != crc:
-            raise SpoolCorruptError(f"item {self.id}: CRC mismatch in its payload ({len(payload)} bytes)")
-        return payload
+        return checked(self.id, *found)
 
     def record_fields(self) -> RecordFields:
         """The fields as given to :meth:`scp.spool.SpoolWriter.put`."""

@@ -37,7 +37,8 @@ size: the WAL, then ``spool.db``), so that delivered items can still be removed.
 RECLAIM_INTERVAL_S = 1.0
 """A put that finds too little space gives free pages back first, at most this often."""
 PREALLOCATION_CHUNK_BYTES = 1024 * 1024
-"""The WAL is extended this much at a time, each under SQLite's write lock."""
+"""The WAL is extended this much at a time, each under SQLite's write lock (the default of
+the spool's ``preallocation_chunk_bytes``)."""
 
 
 def wal_preallocation_bytes(wal_size_limit: int) -> int:
@@ -68,8 +69,8 @@ class SpoolWriter:
     their own.
 
     WAL preallocation: a short-lived background thread ("spool-preallocate-wal") fills the
-    WAL with zeros past its end up to :func:`wal_preallocation_bytes`, a megabyte at a time
-    under SQLite's write lock (so no frame is being written there), each fsync'ed. SQLite
+    WAL with zeros past its end up to :func:`wal_preallocation_bytes`, a chunk (1 MiB) at a
+    time under SQLite's write lock (so no frame is being written there), each fsync'ed. SQLite
     writes its frames over those zeros and reuses the file after every checkpoint, so a
     put's fdatasync has no file size or extent change to commit (a growing WAL doubles the
     cost of a put, measured). Zeros after the last frame read as the end of the WAL. Not
@@ -77,7 +78,7 @@ class SpoolWriter:
     """
 
     def __init__(self, database: SpoolDatabase, conn: sqlite3.Connection, root: Path, *,
-                 wal_size_limit: int = 0) -> None:
+                 wal_size_limit: int = 0, preallocation_chunk_bytes: int | None = None) -> None:
         self._database = database
         self._conn = conn
         self._root = root
@@ -91,8 +92,9 @@ class SpoolWriter:
         self._stop_preallocation = threading.Event()
         self._preallocation: threading.Thread | None = None
         target = wal_preallocation_bytes(wal_size_limit)
-        if target > 0:
-            self._preallocation = threading.Thread(target=self._preallocate_wal, args=(target,),
+        chunk = PREALLOCATION_CHUNK_BYTES if preallocation_chunk_bytes is None else preallocation_chunk_bytes
+        if target > 0 and chunk > 0:
+            self._preallocation = threading.Thread(target=self._preallocate_wal, args=(target, chunk),
                                                    name="spool-preallocate-wal", daemon=True)
             self._preallocation.start()
 
@@ -235,7 +237,7 @@ class SpoolWriter:
         log.info("spool_space_released", reason="spool file system full or under its reserve", vacuumed=vacuumed,
                  wal_truncated=not busy, wal_frames=wal_frames)
 
-    def _preallocate_wal(self, target: int) -> None:
+    def _preallocate_wal(self, target: int, chunk: int) -> None:
         """Background thread: zeros past the WAL's end up to ``target`` bytes (see the class)."""
         wal = Path(f"{self._database.path}-wal")
         try:
@@ -245,7 +247,7 @@ class SpoolWriter:
         except (OSError, SpoolError) as exc:
             log.warning("spool_wal_preallocation_failed", error=str(exc))
             return
-        zeros = bytes(PREALLOCATION_CHUNK_BYTES)
+        zeros = bytes(chunk)
         try:
             while not self._stop_preallocation.is_set():
                 retrying(lambda: conn.execute("BEGIN IMMEDIATE"))

@@ -234,10 +234,8 @@ def test_a_put_that_fails_in_a_batch_fails_alone(spool: Spool, monkeypatch: pyte
 
 CRASHING_WRITER = """
 import os, sys
-from scp.spool import writer as spool_writer
 from scp.spool import RecordFields, Spool
-spool_writer.wal_preallocation_bytes = lambda limit: 0  # the WAL's size is where its frames end
-writer = Spool(sys.argv[1]).writer()
+writer = Spool(sys.argv[1], preallocation_chunk_bytes=0).writer()  # the WAL ends where its frames do
 wal = os.path.join(sys.argv[1], "spool.db-wal")
 for n in range(3):
     writer.put(RecordFields(f"1.{n}", sys.argv[2], sys.argv[3], "CHILD"), (f"1.{n}|" * 1000).encode())
@@ -594,6 +592,28 @@ def test_no_wal_is_filled_ahead_when_space_is_low(spool: Spool, monkeypatch: pyt
         writer._preallocation.join()
         writer.put(fields("1.1"), payload("1.1"))
         assert (spool.directory / WAL).stat().st_size < 64 * 1024
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    ({"preallocation_chunk_bytes": 0}, 0),  # off
+    ({"segment_max_bytes": 3 * 1024 * 1024, "preallocation_chunk_bytes": 100_000}, 3 * 1024 * 1024),
+])
+def test_how_far_and_how_the_wal_is_filled_ahead_is_configurable(
+    tmp_path: Path, options: dict[str, int], expected: int
+) -> None:
+    spool = Spool(tmp_path / "spool", **options)
+    with spool.writer() as writer:
+        if writer._preallocation is not None:
+            writer._preallocation.join()
+        wal = spool.directory / WAL
+        if expected:
+            assert wal.stat().st_size == expected
+        else:
+            assert wal.stat().st_size < 64 * 1024  # only the frames that created the schema
+        writer.put(fields("1.1"), payload("1.1"))
+        assert wal.stat().st_size == expected or not expected
+    with spool.consumer() as consumer:
+        assert uids(consumer.pending()) == ["1.1"]
 
 
 def test_release_space_gives_free_pages_back_and_truncates_the_wal(spool: Spool) -> None:
