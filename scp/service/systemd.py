@@ -153,8 +153,8 @@ class ProgressCheck:
 
 
 class Sampler:
-    """The latest result of a slow ``probe`` (the spool's status scans the journal: 0.15 s for
-    10,000 pending items), taken every ``interval_s`` in a daemon thread so that the watchdog
+    """The latest result of a slow ``probe`` (the spool's status: a query over every pending
+    item), taken every ``interval_s`` in a daemon thread so that the watchdog
     loop never waits on it. :meth:`latest` returns ``(generation, text)``; generation 0 is the
     ``initial`` text, before the first probe has returned."""
 
