@@ -11,6 +11,8 @@ Maximum of one measurement indistinguishable, so each becomes an ``Observation.c
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from . import concepts
 from .content_tree import ContentNode, NumValue
 from .context import ReportContext
@@ -20,15 +22,13 @@ __all__ = ["QualifiedValue", "qualify", "quantity"]
 _COMPONENT_RELATIONSHIPS = frozenset({"HAS CONCEPT MOD", "HAS PROPERTIES"})
 
 
+@dataclass(slots=True)
 class QualifiedValue:
     """The components, ``code.text`` and ``interpretation`` a NUM's children and qualifier give."""
 
-    __slots__ = ("components", "modifier_texts", "interpretation")
-
-    def __init__(self) -> None:
-        self.components: list[dict] = []
-        self.modifier_texts: list[str] = []
-        self.interpretation: dict | None = None
+    components: list[dict] = field(default_factory=list)
+    modifier_texts: list[str] = field(default_factory=list)
+    interpretation: dict | None = None
 
     def apply(self, resource: dict, concept_meaning: str) -> None:
         """Write them into an Observation whose ``code`` is already set."""
