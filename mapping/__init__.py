@@ -7,7 +7,7 @@ with the Bundle as plain dicts and the list of content items that were skipped. 
 
 from .bundle import serialize
 from .errors import InvalidValue, MappingError, MissingContentItem, NotAnSR, Skipped, UnsupportedTemplate
-from .options import MappingOptions, WriteMode
+from .options import FhirVersion, MappingOptions, R4ImagingSelection, WriteMode
 from .report import MappingResult, map_sr
 from .sop_classes import SR_STORAGE_SOP_CLASSES, TID1500_SOP_CLASSES
 
@@ -17,6 +17,8 @@ __all__ = [
     "MappingOptions",
     "MappingResult",
     "WriteMode",
+    "FhirVersion",
+    "R4ImagingSelection",
     "MappingError",
     "NotAnSR",
     "UnsupportedTemplate",

@@ -7,9 +7,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-__all__ = ["MappingOptions", "WriteMode"]
+__all__ = ["MappingOptions", "WriteMode", "FhirVersion", "R4ImagingSelection"]
 
 WriteMode = Literal["put", "conditional"]
+FhirVersion = Literal["r5", "r4"]
+R4ImagingSelection = Literal["basic", "omit"]
 
 
 class MappingOptions(BaseModel):
@@ -22,6 +24,10 @@ class MappingOptions(BaseModel):
       Timezone Offset From UTC (0008,0201).
     - ``source_sr_content_items``: emit ``source-sr-content-item`` ImagingSelections for
       content items that carry an Observation UID (0040,A171).
+    - ``fhir_version``: ``r5`` (default, the IG's version) or ``r4``: the R5 Bundle rewritten
+      for R4-only servers by ``mapping.r4.to_r4`` (docs/mapping-decisions.md, "FHIR R4 output").
+    - ``r4_imaging_selection``: with ``r4``, ``basic`` (default) writes each ImagingSelection
+      as an R4 ``Basic`` with cross-version extensions (lossless); ``omit`` leaves them out.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -29,6 +35,8 @@ class MappingOptions(BaseModel):
     write_mode: WriteMode = "put"
     default_timezone: str = "UTC"
     source_sr_content_items: bool = True
+    fhir_version: FhirVersion = "r5"
+    r4_imaging_selection: R4ImagingSelection = "basic"
 
     @field_validator("default_timezone")
     @classmethod

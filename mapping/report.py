@@ -21,6 +21,7 @@ from .groups import imaging_measurement_group
 from .measurements import Inherited, qualitative_evaluation
 from .options import MappingOptions
 from .participants import observers, practitioner
+from .r4 import to_r4
 from .references import is_valid_uid, patient_reference, service_request_reference, study_instance_uid
 from .sop_classes import SR_STORAGE_SOP_CLASSES
 
@@ -36,7 +37,8 @@ class MappingResult:
 
 
 def map_sr(ds: Dataset, options: MappingOptions | None = None) -> MappingResult:
-    """Map one SR instance (TID 1500) to a FHIR R5 transaction Bundle.
+    """Map one SR instance (TID 1500) to a FHIR R5 transaction Bundle (R4 with
+    ``options.fhir_version == "r4"``: the R5 Bundle through :func:`mapping.r4.to_r4`).
 
     Pure: no I/O, no logging, no clock. The same dataset and options give the same Bundle.
     Raises :class:`MappingError` (with the content-item path) only when no meaningful Bundle
@@ -116,7 +118,12 @@ def _map(ds: Dataset, options: MappingOptions) -> MappingResult:
         )
     for scheme, system in sorted(ctx.codes.unknown.items()):
         skipped.append(Skipped("", f"coding scheme designator {scheme!r} has no known FHIR system; used {system}"))
-    return MappingResult(ctx.bundle.build(), tuple(skipped))
+    bundle = ctx.bundle.build()
+    if options.fhir_version == "r4":
+        conversion = to_r4(bundle, imaging_selection=options.r4_imaging_selection)
+        bundle = conversion.bundle
+        skipped += conversion.notes
+    return MappingResult(bundle, tuple(skipped))
 
 
 def _imaging_measurements(container: ContentNode, ctx: ReportContext, default_device: str, parent_timing: Timing) -> int:
