@@ -81,6 +81,10 @@ class EndpointProblem(enum.StrEnum):
     """Certificate verification, host name or handshake failure."""
     TOKEN_REFUSED = "token_refused"
     """The OAuth2 token endpoint refused the client (4xx, e.g. ``invalid_client``) or issued no token."""
+    UNREACHABLE = "unreachable"
+    """``[base]/metadata`` could not be reached to learn the server's FHIR version (``fhir.version: auto``)."""
+    UNSUPPORTED_VERSION = "unsupported_version"
+    """The CapabilityStatement's ``fhirVersion`` is neither 4.0.x (R4) nor 5.0.x (R5)."""
 
 
 ENDPOINT_STATUS_PROBLEMS: dict[int, EndpointProblem] = {

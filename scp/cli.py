@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = commands.add_parser(
         "convert", help="map SR files to FHIR transaction Bundles (JSON)",
-        description="Map DICOM SR files to FHIR R5 transaction Bundles. Warnings about skipped "
+        description="Map DICOM SR files to FHIR R5 (or R4) transaction Bundles. Warnings about skipped "
         "content items go to stderr; the Bundles alone go to the output.",
     )
     convert.add_argument("inputs", nargs="+", type=Path, metavar="INPUT.dcm", help="DICOM SR file(s)")
@@ -40,8 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the Bundle to FILE (one input only)")
     where.add_argument("-d", "--output-dir", type=Path, metavar="DIR",
                        help="write one <SOP Instance UID>.json per input into DIR")
-    convert.add_argument("--write-mode", choices=("put", "conditional"), default="put",
-                         help="put: PUT Type/<deterministic id> (default); conditional: POST + ifNoneExist")
+    convert.add_argument("--write-mode", choices=("put", "conditional", "conditional-update"), default="put",
+                         help="put: PUT Type/<deterministic id> (default); conditional: POST + ifNoneExist; "
+                         "conditional-update: PUT Type?identifier=system|value")
+    convert.add_argument("--fhir-version", choices=("r5", "r4"), default="r5",
+                         help="the FHIR release to write (default: r5)")
+    convert.add_argument("--r4-imaging-selection", choices=("basic", "omit"), default="basic",
+                         help="with --fhir-version r4: ImagingSelections as R4 Basic resources (default) or left out")
     convert.add_argument("--timezone", default="UTC", metavar="TZ",
                          help="IANA time zone for DICOM times without an offset (default: UTC)")
     convert.add_argument("--compact", action="store_true", help="no indentation in the JSON")
@@ -134,7 +139,8 @@ def _convert(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.output is not None and len(args.inputs) > 1:
         parser.error("--output takes one input; use --output-dir for several")
     try:
-        options = MappingOptions(write_mode=args.write_mode, default_timezone=args.timezone)
+        options = MappingOptions(write_mode=args.write_mode, default_timezone=args.timezone,
+                                 fhir_version=args.fhir_version, r4_imaging_selection=args.r4_imaging_selection)
     except ValidationError as exc:
         parser.error(f"--timezone: {exc.errors()[0]['msg'].removeprefix('Value error, ')}")
     return run_convert(

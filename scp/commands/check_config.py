@@ -3,8 +3,9 @@
 Checks, each printed as one line (``ok`` / ``FAIL``, the config key, what was found):
 the DICOM port can be bound; the spool directory (and the outbox, without a FHIR server)
 is writable with room above ``spool.min_free_bytes``; the FHIR server answers
-``[base]/metadata`` with a FHIR 5.x CapabilityStatement supporting ImagingSelection and
-transactions; the OAuth2 token endpoint issues a token. The exit status is the sum of the
+``[base]/metadata`` with a CapabilityStatement of FHIR 4.0.x or 5.0.x (the one
+``fhir.version`` asks for, if not ``auto``) supporting transactions and the resource types
+written (R5: ImagingSelection; R4: Basic unless ``r4_imaging_selection: omit``); the OAuth2 token endpoint issues a token. The exit status is the sum of the
 failed checks' bits (:data:`EXIT_BITS`); an invalid configuration exits 2 before any check.
 """
 
@@ -24,6 +25,7 @@ import httpx
 
 from fhir_client import FhirClient
 from fhir_client.errors import TokenRequestError, UnexpectedResponseError
+from fhir_client.releases import release_of
 
 from ..config import Settings
 
@@ -93,25 +95,38 @@ async def check_fhir(settings: Settings) -> list[Check]:
     checks = []
     if fhir.auth.kind == "oauth2_client_credentials":
         checks.append(Check("auth", "fhir.auth", True, "the token endpoint issued a token"))
-    problems = _capability_problems(capability)
+    release, problems = _capability_problems(capability, fhir.version, fhir.r4_imaging_selection)
     detail = f"{fhir.base_url}: FHIR {capability.get('fhirVersion', '?')}"
-    checks.append(Check("fhir", "fhir.base_url", not problems, "; ".join([detail, *problems]) if problems
-                        else f"{detail}, ImagingSelection and transactions supported"))
+    if release is not None:
+        detail += f", writing {release.upper()} (fhir.version: {fhir.version}, fhir.server: {fhir.server})"
+    checks.append(Check("fhir", "fhir.base_url" if fhir.version == "auto" else "fhir.version", not problems,
+                        "; ".join([detail, *problems]) if problems else f"{detail}; transactions supported"))
     return checks
 
 
-def _capability_problems(capability: dict[str, Any]) -> list[str]:
+def _capability_problems(capability: dict[str, Any], configured: str,
+                         r4_imaging_selection: str) -> tuple[str | None, list[str]]:
+    """The release sr2fhir will write to this server (None if none) and what is wrong."""
     problems = []
-    if not str(capability.get("fhirVersion", "")).startswith("5."):
-        problems.append("not FHIR 5.x (R5)")
+    stated = capability.get("fhirVersion")
+    release = release_of(stated)
+    if release is None:
+        problems.append(f"fhirVersion {stated!r} is neither 4.0.x (R4) nor 5.0.x (R5)")
+    elif configured != "auto" and configured != release:
+        problems.append(f"fhir.version is {configured} but the server speaks {release.upper()}: "
+                        f"set fhir.version: {release} (or auto)")
+        release = None
     rest = [r for r in capability.get("rest", []) if r.get("mode") == "server"] or capability.get("rest", [])
     types = {resource.get("type") for r in rest for resource in r.get("resource", [])}
-    if "ImagingSelection" not in types:
-        problems.append("no ImagingSelection in the CapabilityStatement")
+    needed = {"r5": ["Observation", "ImagingSelection"],
+              "r4": ["Observation", *(["Basic"] if r4_imaging_selection == "basic" else [])]}.get(release or "", [])
+    for resource_type in needed:
+        if resource_type not in types:
+            problems.append(f"no {resource_type} in the CapabilityStatement")
     interactions = {i.get("code") for r in rest for i in r.get("interaction", [])}
     if "transaction" not in interactions:
         problems.append("no transaction interaction in the CapabilityStatement")
-    return problems
+    return release, problems
 
 
 def run_checks(settings: Settings) -> list[Check]:

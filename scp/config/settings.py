@@ -9,14 +9,17 @@ messages) is :mod:`scp.config.loader`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, ValidationInfo, field_validator,
+                      model_validator)
 
 from fhir_client import FhirSettings
 from mapping import MappingOptions
+from mapping.options import WriteMode
 
 from .dicom import DicomSettings
+from .fhir_servers import ServerName, apply_preset
 from .fields import MIB, Frozen, LogLevel, Port, Seconds, lower
 
 __all__ = [
@@ -86,15 +89,32 @@ class SpoolSettings(Frozen):
     min_free_bytes: Annotated[ByteSize, Field(ge=0)] = ByteSize(100 * MIB)
 
 
+FhirVersionSetting = Literal["auto", "r5", "r4"]
+
+
 class FhirDeliverySettings(FhirSettings):
-    """:class:`fhir_client.FhirSettings` plus the outbox, under the same ``fhir`` key.
+    """:class:`fhir_client.FhirSettings` plus what the service decides per server, under ``fhir``.
 
     With ``base_url`` unset, no client is made: each Bundle is written as JSON into
     ``outbox_directory`` instead. ``reference_mode: resolve`` looks references up on the
-    server and therefore needs ``base_url``.
+    server and therefore needs ``base_url``. ``server`` is a preset
+    (:mod:`scp.config.fhir_servers`) that fills the keys below it leaves unset.
+    ``version``: the FHIR release written (``auto``: the server's CapabilityStatement says,
+    read before the first delivery; R5 for the outbox). ``r4_imaging_selection``: R5
+    ImagingSelections as R4 ``Basic`` resources, or left out. ``write_mode``: how resources
+    are keyed (see :class:`mapping.MappingOptions`).
     """
 
     outbox_directory: Path = Path("outbox")
+    server: ServerName = "generic"
+    version: FhirVersionSetting = "auto"
+    r4_imaging_selection: Literal["basic", "omit"] = "basic"
+    write_mode: WriteMode = "put"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        return apply_preset(data) if isinstance(data, dict) else data
 
     @field_validator("reference_mode")
     @classmethod
@@ -141,7 +161,12 @@ class HealthSettings(Frozen):
 
 
 class Settings(Frozen):
-    """The whole configuration of the daemon; every section has defaults."""
+    """The whole configuration of the daemon; every section has defaults.
+
+    ``fhir.write_mode`` is where the write mode lives; ``mapping.write_mode`` (its place in
+    earlier releases) is still read when ``fhir.write_mode`` is not given, and
+    ``mapping.write_mode`` always holds the mode in effect.
+    """
 
     dicom: DicomSettings = DicomSettings()
     spool: SpoolSettings = SpoolSettings()
@@ -151,6 +176,22 @@ class Settings(Frozen):
     log: LogSettings = LogSettings()
     health: HealthSettings = HealthSettings()
     audit: AuditSettings = AuditSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_write_mode(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        fhir, mapping = _given(data.get("fhir")), _given(data.get("mapping"))
+        for key in ("fhir_version", "r4_imaging_selection"):
+            if key in mapping:
+                raise ValueError(f"mapping.{key} is not a setting: use fhir.{key.removeprefix('fhir_')}")
+        if "write_mode" in mapping and "write_mode" not in fhir:
+            fhir["write_mode"] = mapping["write_mode"]
+        elif "write_mode" in mapping and mapping["write_mode"] != fhir["write_mode"]:
+            raise ValueError("mapping.write_mode and fhir.write_mode disagree: set only fhir.write_mode")
+        mapping["write_mode"] = apply_preset(fhir).get("write_mode", "put")
+        return {**data, "fhir": fhir, "mapping": mapping}
 
     @field_validator("audit")
     @classmethod
@@ -167,3 +208,10 @@ class Settings(Frozen):
         if dicom is not None and value.port and value.port == dicom.port:
             raise ValueError(f"port {value.port} is already dicom.port; choose another")
         return value
+
+
+def _given(section: Any) -> dict[str, Any]:
+    """The keys a section was given, as a new dict (from raw data or from a model instance)."""
+    if isinstance(section, BaseModel):
+        return section.model_dump(exclude_unset=True)
+    return dict(section) if isinstance(section, dict) else {}

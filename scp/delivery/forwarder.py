@@ -29,6 +29,7 @@ from ..common.files import write_atomically
 from ..common.waiting import wait_or_timeout
 from .hold import DeliveryHold, HoldState
 from .reasons import DeadLetterReason
+from .versions import FhirRelease, VersionResolver
 from ..spool import SpoolConsumer, SpoolItem
 
 __all__ = ["Delivery", "DeliveryObserver", "OutboxDelivery", "FhirDelivery", "ForwarderStats", "Settlement",
@@ -46,6 +47,10 @@ FAULT_OF_REASON: dict[DeadLetterReason, str] = {"unmappable": "mapping", "reject
 
 class Delivery(Protocol):
     """Where Bundles go: a FHIR server, or the outbox folder."""
+
+    async def release(self) -> FhirRelease | SendResult:
+        """The FHIR release to write (``r4``/``r5``), or why it is not known yet (ENDPOINT)."""
+        ...
 
     async def deliver(self, bundle: dict[str, Any], sop_instance_uid: str) -> SendResult: ...
 
@@ -69,9 +74,13 @@ class OutboxDelivery:
     crash never leaves a half Bundle under the final name.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, version: str = "auto") -> None:
         self.directory = directory
+        self.version: FhirRelease = "r4" if version == "r4" else "r5"  # no server to ask: auto is R5
         directory.mkdir(parents=True, exist_ok=True)
+
+    async def release(self) -> FhirRelease:
+        return self.version
 
     async def deliver(self, bundle: dict[str, Any], sop_instance_uid: str) -> SendResult:
         start = time.monotonic()
@@ -91,9 +100,13 @@ class FhirDelivery:
     before the first attempt, so every retry sends the same bytes.
     """
 
-    def __init__(self, client: FhirClient, reference_mode: str = "logical") -> None:
+    def __init__(self, client: FhirClient, reference_mode: str = "logical", version: str = "auto") -> None:
         self.client = client
         self.reference_mode = reference_mode
+        self.versions = VersionResolver(client, version)
+
+    async def release(self) -> FhirRelease | SendResult:
+        return await self.versions.resolve()
 
     async def deliver(self, bundle: dict[str, Any], sop_instance_uid: str) -> SendResult:
         if self.reference_mode == "resolve":
@@ -186,6 +199,11 @@ async def process_item(
     """
     with bound_contextvars(sop_instance_uid=item.sop_instance_uid, spool_id=item.id):
         start = time.monotonic()
+        release = await delivery.release()
+        if isinstance(release, SendResult):  # the server's FHIR version is not known: nothing to map for yet
+            return _not_sent(item, stats, release, observers, hold)
+        if release != options.fhir_version:
+            options = options.model_copy(update={"fhir_version": release})
         try:
             result = map_sr(pydicom.dcmread(BytesIO(item.read())), options)
         except MappingError as exc:
@@ -233,6 +251,18 @@ async def process_item(
             return _defer(item, stats, sent, observers)  # interrupted by shutdown: pending for the next start
         return _dead_letter(consumer, item, stats, reason="retries_exhausted", sent=sent, bundle=result.bundle,
                             detail=f"retries exhausted: {sent.diagnostics}", observers=observers)
+
+
+def _not_sent(item: SpoolItem, stats: ForwarderStats, sent: SendResult, observers: Sequence[DeliveryObserver],
+              hold: DeliveryHold | None) -> Settlement:
+    """An item that could not even be mapped because the endpoint is wrong: hold (or defer)."""
+    if hold is None:
+        log.warning("bundle_deferred", status_code=sent.status_code, reason=sent.diagnostics)
+        return _defer(item, stats, sent, observers)
+    hold.endpoint_failed(item.id, sent)
+    stats.held += 1
+    log.debug("bundle_held", status_code=sent.status_code, problem=str(sent.endpoint_problem))
+    return "held"
 
 
 def _defer(item: SpoolItem, stats: ForwarderStats, sent: SendResult | None,

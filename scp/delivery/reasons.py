@@ -43,6 +43,10 @@ class HoldReason:
             return f"token endpoint answers {code}" if code is not None else "token endpoint refuses"
         if self.problem == "tls":
             return "TLS with the FHIR server fails"
+        if self.problem == "unreachable":
+            return "FHIR server unreachable (its FHIR version is not known yet)"
+        if self.problem == "unsupported_version":
+            return "FHIR server speaks an unsupported FHIR version"
         if code is None:
             return f"FHIR endpoint problem ({self.problem})"
         if self.problem == "not_fhir":

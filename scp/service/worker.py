@@ -121,20 +121,22 @@ async def forward(settings: Settings) -> int:
     try:
         heartbeat = Heartbeat(heartbeat_path(settings.spool.directory))
 
+        options = settings.mapping.model_copy(update={"r4_imaging_selection": settings.fhir.r4_imaging_selection})
+
         async def forward_to(delivery: Delivery, hold: DeliveryHold | None = None) -> ForwarderStats:
             return await run_forwarder(
-                consumer, delivery, settings.mapping, stop, concurrency=settings.forwarder.concurrency,
+                consumer, delivery, options, stop, concurrency=settings.forwarder.concurrency,
                 poll_interval_s=settings.forwarder.poll_interval_s, batch_size=settings.forwarder.batch_size,
                 on_tick=heartbeat.beat, observers=observers, hold=hold,
             )
 
         if settings.fhir.base_url is None:
             log.info("worker_started", target="outbox", outbox_directory=str(settings.fhir.outbox_directory))
-            stats = await forward_to(OutboxDelivery(settings.fhir.outbox_directory))
+            stats = await forward_to(OutboxDelivery(settings.fhir.outbox_directory, settings.fhir.version))
         else:
             log.info("worker_started", target="fhir", base_url=str(settings.fhir.base_url))
             async with FhirClient(settings.fhir, shutdown=stop, sleep=metrics.wrap_sleep(asyncio.sleep)) as client:
-                delivery = FhirDelivery(client, settings.fhir.reference_mode)
+                delivery = FhirDelivery(client, settings.fhir.reference_mode, settings.fhir.version)
                 retry = settings.fhir.retry
                 hold = DeliveryHold(delivery.probe, ProbeBackoff(retry.initial_backoff_s, retry.max_backoff_s,
                                                                  retry.jitter_s), observers=hold_observers)

@@ -264,6 +264,9 @@ class Endpoint:
         self.probes = 0
         self.probed = asyncio.Event()
 
+    async def release(self) -> str:
+        return "r5"
+
     async def deliver(self, bundle: dict[str, Any], sop_instance_uid: str) -> SendResult:
         self.sent.append(sop_instance_uid)
         await asyncio.sleep(0)
