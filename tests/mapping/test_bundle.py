@@ -49,12 +49,24 @@ def test_transaction_with_urn_uuid_full_urls_and_put_requests():
         assert resource["meta"]["profile"][0].startswith("http://hl7.org/fhir/uv/dicom-sr/StructureDefinition/")
 
 
-def test_every_literal_reference_resolves_inside_the_bundle():
+def test_put_mode_references_are_literal_type_id_of_entries_that_come_first():
     bundle = map_sr(rich_report()).bundle
-    urls = {entry["fullUrl"] for entry in bundle["entry"]}
+    position = {entry["request"]["url"]: i for i, entry in enumerate(bundle["entry"])}
+    for index, entry in enumerate(bundle["entry"]):
+        references = list(all_references(entry["resource"]))
+        assert not [r for r in references if r.startswith("urn:")]  # splittable: no placeholders
+        assert all(position[r] < index for r in references)  # referenced resources first
+    assert list(all_references(bundle))
+
+
+@pytest.mark.parametrize("write_mode", ["conditional"])
+def test_conditional_mode_references_are_full_urls_of_entries_that_come_first(write_mode):
+    bundle = map_sr(rich_report(), MappingOptions(write_mode=write_mode)).bundle
+    position = {entry["fullUrl"]: i for i, entry in enumerate(bundle["entry"])}
     references = list(all_references(bundle))
     assert references
-    assert set(references) <= urls
+    for index, entry in enumerate(bundle["entry"]):
+        assert all(position[r] < index for r in all_references(entry["resource"]))
 
 
 def test_same_input_gives_byte_identical_output():
