@@ -8,7 +8,10 @@ the write mode:
   several transactions and every reference still resolves;
 - ``conditional``: ``POST`` with ``ifNoneExist`` on the deterministic id as a
   ``urn:ietf:rfc:3986`` identifier (or a Device's own key identifier); references are the
-  entries' ``urn:uuid:`` fullUrls.
+  entries' ``urn:uuid:`` fullUrls;
+- ``conditional-update``: ``PUT Type?identifier=<system>|<value>`` on the same identifier
+  (for servers that refuse client-assigned ids but do conditional updates); references are
+  ``urn:uuid:`` fullUrls, as in ``conditional``.
 
 All modes key a resource on the same identity (shared resources' ids are keyed on their
 content: ``ids.content_id``). Entries come out in creation order; builders add a resource
@@ -18,6 +21,7 @@ only after the resources it references, so referenced resources come first.
 from __future__ import annotations
 
 import uuid
+from urllib.parse import quote
 
 import simplejson
 
@@ -25,13 +29,28 @@ from .errors import MappingError
 from .ids import NAMESPACE
 from .options import WriteMode
 
-__all__ = ["BundleBuilder", "ConflictingResources", "URI_SYSTEM", "serialize"]
+__all__ = ["BundleBuilder", "ConflictingResources", "URI_SYSTEM", "identifier_query", "serialize"]
 
 URI_SYSTEM = "urn:ietf:rfc:3986"
+
+_QUERY_SAFE = ":/|\\,$@!'()*;=?"
+"""Characters left as they are in a conditional URL's query: everything else that is not
+unreserved is percent-encoded (``&``, ``#``, ``%``, ``+``, spaces, non-ASCII, ...)."""
 
 
 class ConflictingResources(MappingError):
     """Two different resources came out under one id: never let one overwrite the other."""
+
+
+def _escape_search(text: str) -> str:
+    """Escape a token search parameter part (FHIR R5 search, "Escaping Search Parameters")."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace(",", "\\,").replace("$", "\\$")
+
+
+def identifier_query(identifier: dict) -> str:
+    """``identifier=<system>|<value>``, search-escaped and URL-encoded, for a conditional URL."""
+    token = f"{_escape_search(identifier['system'])}|{_escape_search(identifier['value'])}"
+    return f"identifier={quote(token, safe=_QUERY_SAFE)}"
 
 
 class BundleBuilder:
@@ -74,11 +93,14 @@ class BundleBuilder:
             resource = {key: value for key, value in resource.items() if key != "id"}
             if key_identifier is None:
                 resource["identifier"] = [*resource.get("identifier", ()), identifier]
-            request = {
-                "method": "POST",
-                "url": resource_type,
-                "ifNoneExist": f"identifier={identifier['system']}|{identifier['value']}",
-            }
+            if self._write_mode == "conditional":
+                request = {
+                    "method": "POST",
+                    "url": resource_type,
+                    "ifNoneExist": f"identifier={identifier['system']}|{identifier['value']}",
+                }
+            else:
+                request = {"method": "PUT", "url": f"{resource_type}?{identifier_query(identifier)}"}
         existing = self._entries.get(full_url)
         if existing is not None:
             if existing["resource"] != resource:

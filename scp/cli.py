@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the Bundle to FILE (one input only)")
     where.add_argument("-d", "--output-dir", type=Path, metavar="DIR",
                        help="write one <SOP Instance UID>.json per input into DIR")
-    convert.add_argument("--write-mode", choices=("put", "conditional"), default="put",
-                         help="put: PUT Type/<deterministic id> (default); conditional: POST + ifNoneExist")
+    convert.add_argument("--write-mode", choices=("put", "conditional", "conditional-update"), default="put",
+                         help="put: PUT Type/<deterministic id> (default); conditional: POST + ifNoneExist; "
+                              "conditional-update: PUT Type?identifier=<system>|<value>")
     convert.add_argument("--timezone", default="UTC", metavar="TZ",
                          help="IANA time zone for DICOM times without an offset (default: UTC)")
     convert.add_argument("--compact", action="store_true", help="no indentation in the JSON")

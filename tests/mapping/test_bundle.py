@@ -9,6 +9,7 @@ import pydicom
 import pytest
 
 from mapping import MappingOptions, map_sr, serialize
+from mapping.bundle import BundleBuilder, identifier_query
 from mapping.ids import content_id, report_scoped_id
 from tests.support import sr_builders as sr
 from tests.support.bundle_queries import one, resources
@@ -59,7 +60,7 @@ def test_put_mode_references_are_literal_type_id_of_entries_that_come_first():
     assert list(all_references(bundle))
 
 
-@pytest.mark.parametrize("write_mode", ["conditional"])
+@pytest.mark.parametrize("write_mode", ["conditional", "conditional-update"])
 def test_conditional_mode_references_are_full_urls_of_entries_that_come_first(write_mode):
     bundle = map_sr(rich_report(), MappingOptions(write_mode=write_mode)).bundle
     position = {entry["fullUrl"]: i for i, entry in enumerate(bundle["entry"])}
@@ -128,8 +129,31 @@ def test_conditional_mode_keys_match_put_ids_and_full_urls_differ_from_identifie
     assert full_urls.isdisjoint(keys)  # a server rewriting fullUrl strings must not touch the keys
 
 
-@pytest.mark.parametrize("write_mode", ["put", "conditional"])
+@pytest.mark.parametrize("write_mode", ["put", "conditional", "conditional-update"])
 def test_bundles_are_json_serialisable_utf8(write_mode):
     report = rich_report(person_observer="Łukasz^Zoë")
     text = serialize(map_sr(report, MappingOptions(write_mode=write_mode)).bundle).decode("utf-8")
     assert "Łukasz" in text
+
+
+def test_conditional_update_mode_puts_on_the_same_identifier_conditional_mode_posts_on():
+    conditional = map_sr(rich_report(), MappingOptions(write_mode="conditional")).bundle
+    update = map_sr(rich_report(), MappingOptions(write_mode="conditional-update")).bundle
+    assert [e["fullUrl"] for e in update["entry"]] == [e["fullUrl"] for e in conditional["entry"]]
+    for entry, posted in zip(update["entry"], conditional["entry"], strict=True):
+        resource, request = entry["resource"], entry["request"]
+        assert "id" not in resource
+        assert resource == posted["resource"]  # the same identifier is carried, the same references
+        assert request == {"method": "PUT", "url": f"{resource['resourceType']}?{posted['request']['ifNoneExist']}"}
+
+
+def test_conditional_update_urls_escape_search_characters_and_encode_the_query():
+    builder = BundleBuilder("conditional-update")
+    key = {"system": "http://example.org/ids", "value": "a|b,c$d\\e f&g#h+i%jé"}
+    reference = builder.add({"resourceType": "Device", "id": "x", "identifier": [key]}, key_identifier=key)
+    (entry,) = builder.build()["entry"]
+    assert entry["fullUrl"] == reference and reference.startswith("urn:uuid:")
+    assert entry["request"]["url"] == (
+        "Device?identifier=http://example.org/ids|a\\|b\\,c\\$d\\\\e%20f%26g%23h%2Bi%25j%C3%A9")
+    assert identifier_query({"system": "urn:ietf:rfc:3986", "value": "urn:uuid:1"}) == (
+        "identifier=urn:ietf:rfc:3986|urn:uuid:1")

@@ -724,6 +724,13 @@ class TestDeterminism:
             # ... and never a fullUrl string, which some servers rewrite inside a transaction.
             assert key_value not in full_urls
         assert put.skipped == conditional.skipped
+        update = map_or_refuse(mutated(mutation), MappingOptions(write_mode="conditional-update"))
+        assert update is not None
+        for entry, posted in zip(update.bundle["entry"], conditional_entries, strict=True):
+            assert (entry["fullUrl"], entry["resource"]) == (posted["fullUrl"], posted["resource"])
+            assert entry["request"]["method"] == "PUT"
+            assert entry["request"]["url"].startswith(f"{entry['resource']['resourceType']}?identifier=")
+        assert update.skipped == put.skipped
 
 
 def _part10_with_short_graphic_data() -> bytes:
