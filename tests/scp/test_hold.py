@@ -264,7 +264,7 @@ class Endpoint:
         self.probes = 0
         self.probed = asyncio.Event()
 
-    async def deliver(self, bundle: dict[str, Any], sop_instance_uid: str) -> SendResult:
+    async def deliver(self, bundle: dict[str, Any], sop_instance_uid: str, *, progress=None) -> SendResult:
         self.sent.append(sop_instance_uid)
         await asyncio.sleep(0)
         return self.mode(sop_instance_uid)
