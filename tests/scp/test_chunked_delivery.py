@@ -305,3 +305,23 @@ def test_the_outbox_ignores_progress(tmp_path):
     sent = run(OutboxDelivery(tmp_path / "outbox").deliver(bundle, "1.2.3", progress=MemoryProgress()))
     assert sent.outcome is Outcome.DELIVERED
     assert json.loads((tmp_path / "outbox" / "1.2.3.json").read_text())["entry"] == bundle["entry"]
+
+
+def test_a_refusal_naming_the_entry_limit_is_dead_lettered_with_the_setting_to_change(tmp_path):
+    spool, _ = spool_with_reports(tmp_path)
+    # Medplum's words (fhir-router batch.ts) for a transaction of more than 50 updates.
+    server = Server({1: fhir_json(400, operation_outcome("Transaction contains more update operations than allowed"))})
+
+    async def go():
+        client, _ = make_client(server, settings=SETTINGS)
+        async with client:
+            with spool.consumer() as consumer:
+                (item,) = consumer.pending()
+                return await process_item(item, consumer, FhirDelivery(client), MappingOptions(), asyncio.Event(),
+                                          ForwarderStats())
+
+    assert run(go()) == "dead_lettered"
+    (sidecar,) = (tmp_path / "spool" / "failed").glob("*.json")
+    reason = json.loads(sidecar.read_text())["reason"]
+    assert reason.startswith("rejected by the FHIR server: HTTP 400")
+    assert "to fix: the server limits the entries of a transaction: set fhir.max_entries_per_request" in reason
