@@ -10,10 +10,12 @@
 with the Bundle (DELIVERED, REJECTED: dead-letter it, DEFERRED: keep it and try
 later, ENDPOINT: keep it and hold everything until the endpoint is fixed, see
 :class:`EndpointProblem`); it does not raise for server behaviour. The retry policy lives in
-:mod:`fhir_client.retry`, authentication flows in :mod:`fhir_client.auth`. This
-package knows nothing about DICOM.
+:mod:`fhir_client.retry`, authentication flows in :mod:`fhir_client.auth`;
+:func:`split_transaction` (:mod:`fhir_client.chunks`) cuts a Bundle into transactions a
+server that caps their size accepts. This package knows nothing about DICOM.
 """
 
+from .chunks import ComponentTooLargeError, SplitError, split_transaction
 from .client import FhirClient
 from .errors import ClientClosedError, FhirClientError, TokenRequestError, UnexpectedResponseError
 from .results import EndpointProblem, Outcome, SendResult
@@ -33,6 +35,7 @@ __all__ = [
     "BasicAuthSettings",
     "BearerAuthSettings",
     "ClientClosedError",
+    "ComponentTooLargeError",
     "EndpointProblem",
     "FhirClient",
     "FhirClientError",
@@ -42,7 +45,9 @@ __all__ = [
     "Outcome",
     "RetrySettings",
     "SendResult",
+    "SplitError",
     "TlsSettings",
     "TokenRequestError",
     "UnexpectedResponseError",
+    "split_transaction",
 ]

@@ -16,7 +16,9 @@ table with the reasons):
   is spent): transport errors, 408, 429, 5xx except 501/505.
 
 Server text (OperationOutcome diagnostics) is carried in results for the dead-letter
-sidecar; it is not logged here, since servers sometimes echo resource content.
+sidecar; it is not logged here, since servers sometimes echo resource content. A refusal that
+names a limit or a capability of the server (too many entries, an unknown resource type, client
+ids refused: :mod:`fhir_client.hints`) gets the setting to change appended to its diagnostics.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any, TypeGuard
 import httpx
 
 from .errors import TokenRequestError
+from .hints import hint_for
 
 __all__ = [
     "ENDPOINT_STATUS_PROBLEMS",
@@ -215,7 +218,7 @@ def interpret_transaction_response(response: httpx.Response, *, base_is_fhir: bo
     return Interpretation(
         outcome=Outcome.REJECTED,
         operation_outcome=operation_outcome,
-        diagnostics=diagnostics,
+        diagnostics=_with_hint(diagnostics),
         response_bundle=None,
     )
 
@@ -286,9 +289,15 @@ def _interpret_success(body: Any, status_line: str, response: httpx.Response) ->
     return Interpretation(
         outcome=Outcome.REJECTED,
         operation_outcome={"resourceType": "OperationOutcome", "issue": issues},
-        diagnostics=f"{status_line} but {len(failures)} entries failed: " + "; ".join(failures),
+        diagnostics=_with_hint(f"{status_line} but {len(failures)} entries failed: " + "; ".join(failures)),
         response_bundle=body,
     )
+
+
+def _with_hint(diagnostics: str) -> str:
+    """``diagnostics`` plus the setting to change, when the refusal is one :mod:`.hints` knows."""
+    hint = hint_for(diagnostics)
+    return f"{diagnostics}; to fix: {hint}" if hint else diagnostics
 
 
 def _json_body(response: httpx.Response) -> Any:

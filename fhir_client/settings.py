@@ -154,6 +154,8 @@ class FhirSettings(_Frozen):
     ``base_url`` may be left out: the daemon then writes Bundles to its outbox
     instead of creating a client. ``timeout_s`` applies to connecting, reading,
     writing and waiting for a pooled connection, each separately.
+    ``max_entries_per_request`` caps the entries of one transaction (None: no cap); a
+    larger Bundle is sent as several (:func:`fhir_client.split_transaction`).
     """
 
     base_url: HttpUrl | None = None
@@ -163,3 +165,4 @@ class FhirSettings(_Frozen):
     auth: AuthSettings = NoAuthSettings()
     tls: TlsSettings = TlsSettings()
     reference_mode: Literal["logical", "resolve"] = "logical"
+    max_entries_per_request: int | None = Field(default=None, ge=1)

@@ -1,15 +1,27 @@
 """Collect resources into one FHIR transaction Bundle.
 
-Every entry has a ``urn:uuid:`` fullUrl built from the resource's deterministic id, so
-entries reference each other inside the transaction. ``put`` mode writes ``PUT Type/<id>``;
-``conditional`` mode writes ``POST`` with ``ifNoneExist`` on the deterministic id as a
-``urn:ietf:rfc:3986`` identifier, so both modes key a resource on the same identity (shared
-resources' ids are keyed on their content: ``ids.content_id``).
+Every entry has a ``urn:uuid:`` fullUrl. How entries are written and referenced depends on
+the write mode:
+
+- ``put``: ``PUT Type/<id>`` with the deterministic id; references between entries are
+  literal ``Type/<id>`` (the fullUrl stays ``urn:uuid:<id>``), so a Bundle can be split into
+  several transactions and every reference still resolves;
+- ``conditional``: ``POST`` with ``ifNoneExist`` on the deterministic id as a
+  ``urn:ietf:rfc:3986`` identifier (or a Device's own key identifier); references are the
+  entries' ``urn:uuid:`` fullUrls;
+- ``conditional-update``: ``PUT Type?identifier=<system>|<value>`` on the same identifier
+  (for servers that refuse client-assigned ids but do conditional updates); references are
+  ``urn:uuid:`` fullUrls, as in ``conditional``.
+
+All modes key a resource on the same identity (shared resources' ids are keyed on their
+content: ``ids.content_id``). Entries come out in creation order; builders add a resource
+only after the resources it references, so referenced resources come first.
 """
 
 from __future__ import annotations
 
 import uuid
+from urllib.parse import quote
 
 import simplejson
 
@@ -17,13 +29,28 @@ from .errors import MappingError
 from .ids import NAMESPACE
 from .options import WriteMode
 
-__all__ = ["BundleBuilder", "ConflictingResources", "URI_SYSTEM", "serialize"]
+__all__ = ["BundleBuilder", "ConflictingResources", "URI_SYSTEM", "identifier_query", "serialize"]
 
 URI_SYSTEM = "urn:ietf:rfc:3986"
+
+_QUERY_SAFE = ":/|\\,$@!'()*;=?"
+"""Characters left as they are in a conditional URL's query: everything else that is not
+unreserved is percent-encoded (``&``, ``#``, ``%``, ``+``, spaces, non-ASCII, ...)."""
 
 
 class ConflictingResources(MappingError):
     """Two different resources came out under one id: never let one overwrite the other."""
+
+
+def _escape_search(text: str) -> str:
+    """Escape a token search parameter part (FHIR R5 search, "Escaping Search Parameters")."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace(",", "\\,").replace("$", "\\$")
+
+
+def identifier_query(identifier: dict) -> str:
+    """``identifier=<system>|<value>``, search-escaped and URL-encoded, for a conditional URL."""
+    token = f"{_escape_search(identifier['system'])}|{_escape_search(identifier['value'])}"
+    return f"identifier={quote(token, safe=_QUERY_SAFE)}"
 
 
 class BundleBuilder:
@@ -36,50 +63,56 @@ class BundleBuilder:
         self._entries: dict[str, dict] = {}
         self._ids: dict[str, str] = {}
 
-    def __contains__(self, full_url: str) -> bool:
-        return full_url in self._entries
+    def __contains__(self, reference: str) -> bool:
+        return reference in self._ids
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def add(self, resource: dict, *, key_identifier: dict | None = None) -> str:
-        """Add ``resource`` (which has ``resourceType`` and ``id``); return its fullUrl.
+        """Add ``resource`` (which has ``resourceType`` and ``id``); return the reference to it.
 
-        Adding a resource whose id is already in the Bundle is fine when it is the same
-        resource; a different one raises :class:`ConflictingResources`. ``key_identifier``
-        (one of the resource's identifiers) is what conditional mode keys on instead of adding
-        the deterministic id, for profiles that allow only one identifier (the Devices).
+        The reference is ``Type/<id>`` in put mode, the entry's ``urn:uuid:`` fullUrl in the
+        conditional modes. Adding a resource whose id is already in the Bundle is fine when it
+        is the same resource; a different one raises :class:`ConflictingResources`.
+        ``key_identifier`` (one of the resource's identifiers) is what the conditional modes key
+        on instead of adding the deterministic id, for profiles that allow only one identifier
+        (the Devices).
         """
         resource_id = resource["id"]
         resource_type = resource["resourceType"]
         if self._write_mode == "put":
             full_url = f"urn:uuid:{resource_id}"
-            request = {"method": "PUT", "url": f"{resource_type}/{resource_id}"}
+            reference = f"{resource_type}/{resource_id}"
+            request = {"method": "PUT", "url": reference}
         else:
             # Not the identifier's own value: some servers rewrite every string equal to a
             # fullUrl in a transaction, not only references, which would corrupt the key.
-            full_url = f"urn:uuid:{uuid.uuid5(NAMESPACE, f'entry|{resource_id}')}"
+            full_url = reference = f"urn:uuid:{uuid.uuid5(NAMESPACE, f'entry|{resource_id}')}"
             identifier = key_identifier or {"system": URI_SYSTEM, "value": f"urn:uuid:{resource_id}"}
             resource = {key: value for key, value in resource.items() if key != "id"}
             if key_identifier is None:
                 resource["identifier"] = [*resource.get("identifier", ()), identifier]
-            request = {
-                "method": "POST",
-                "url": resource_type,
-                "ifNoneExist": f"identifier={identifier['system']}|{identifier['value']}",
-            }
+            if self._write_mode == "conditional":
+                request = {
+                    "method": "POST",
+                    "url": resource_type,
+                    "ifNoneExist": f"identifier={identifier['system']}|{identifier['value']}",
+                }
+            else:
+                request = {"method": "PUT", "url": f"{resource_type}?{identifier_query(identifier)}"}
         existing = self._entries.get(full_url)
         if existing is not None:
             if existing["resource"] != resource:
                 raise ConflictingResources(f"two different {resource_type} resources were made with id {resource_id}")
-            return full_url
+            return reference
         self._entries[full_url] = {"fullUrl": full_url, "resource": resource, "request": request}
-        self._ids[full_url] = resource_id
-        return full_url
+        self._ids[reference] = resource_id
+        return reference
 
-    def id_of(self, full_url: str) -> str:
-        """The deterministic id of the entry at ``full_url`` (the same in both write modes)."""
-        return self._ids[full_url]
+    def id_of(self, reference: str) -> str:
+        """The deterministic id of the entry ``reference`` points at (the same in every write mode)."""
+        return self._ids[reference]
 
     def build(self) -> dict:
         """The transaction Bundle as a plain JSON-able dict."""

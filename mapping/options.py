@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 __all__ = ["MappingOptions", "WriteMode", "FhirVersion", "R4ImagingSelection"]
 
-WriteMode = Literal["put", "conditional"]
+WriteMode = Literal["put", "conditional", "conditional-update"]
 FhirVersion = Literal["r5", "r4"]
 R4ImagingSelection = Literal["basic", "omit"]
 
@@ -19,7 +19,9 @@ class MappingOptions(BaseModel):
 
     - ``write_mode``: ``put`` (default) writes every resource with ``PUT Type/<id>`` and a
       deterministic id; ``conditional`` uses ``POST`` + ``ifNoneExist`` on an identifier, for
-      servers that refuse client-assigned ids.
+      servers that refuse client-assigned ids; ``conditional-update`` uses
+      ``PUT Type?identifier=<system>|<value>`` on the same identifier, for servers that refuse
+      client-assigned ids but do conditional updates (Google Cloud Healthcare, Medplum).
     - ``default_timezone``: IANA name used for DICOM dates/times that carry no offset and no
       Timezone Offset From UTC (0008,0201).
     - ``source_sr_content_items``: emit ``source-sr-content-item`` ImagingSelections for

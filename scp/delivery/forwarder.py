@@ -4,7 +4,9 @@ Runs in the worker process (``scp.service.worker``), never in the listener's int
 ends in exactly one place: delivered (``settle``), dead-lettered with its reason
 (``dead_letter``), or still pending (a shutdown interrupted it, or the FHIR endpoint itself is
 wrong and the queue is held: :mod:`.hold`; it is picked up again later). Delivery is idempotent
-(deterministic ids), so an item delivered twice after a crash changes nothing on the server.
+(deterministic ids), so an item delivered twice after a crash changes nothing on the server. A
+Bundle sent as several transactions (``fhir.max_entries_per_request``, :mod:`.chunked`) records
+each acknowledged chunk in the spool, so its next delivery resumes after them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from mapping import MappingError, MappingOptions, map_sr, serialize
 
 from ..common.files import write_atomically
 from ..common.waiting import wait_or_timeout
+from .chunked import DeliveryProgress, SpoolProgress, send_in_chunks
 from .hold import DeliveryHold, HoldState
 from .reasons import DeadLetterReason
 from .versions import FhirRelease, VersionResolver
@@ -46,13 +49,19 @@ FAULT_OF_REASON: dict[DeadLetterReason, str] = {"unmappable": "mapping", "reject
 
 
 class Delivery(Protocol):
-    """Where Bundles go: a FHIR server, or the outbox folder."""
+    """Where Bundles go: a FHIR server, or the outbox folder.
+
+    ``progress`` is where a delivery in several transactions records how far it got, so that
+    the next delivery of the same item resumes there (:mod:`.chunked`); a target that
+    delivers in one step ignores it.
+    """
 
     async def release(self) -> FhirRelease | SendResult:
         """The FHIR release to write (``r4``/``r5``), or why it is not known yet (ENDPOINT)."""
         ...
 
-    async def deliver(self, bundle: dict[str, Any], sop_instance_uid: str) -> SendResult: ...
+    async def deliver(self, bundle: dict[str, Any], sop_instance_uid: str, *,
+                      progress: DeliveryProgress | None = None) -> SendResult: ...
 
 
 class DeliveryObserver(Protocol):
@@ -82,7 +91,8 @@ class OutboxDelivery:
     async def release(self) -> FhirRelease:
         return self.version
 
-    async def deliver(self, bundle: dict[str, Any], sop_instance_uid: str) -> SendResult:
+    async def deliver(self, bundle: dict[str, Any], sop_instance_uid: str, *,
+                      progress: DeliveryProgress | None = None) -> SendResult:
         start = time.monotonic()
         target = self.directory / f"{sop_instance_uid}.json"
         data = serialize(bundle, indent=2) + b"\n"
@@ -98,19 +108,28 @@ class FhirDelivery:
     match for ``system|value``; the client caches the look-ups. Identifiers without a
     ``system`` are never looked up (see :func:`resolve_logical_references`). This happens
     before the first attempt, so every retry sends the same bytes.
+
+    With ``max_entries_per_request``, a Bundle with more entries goes as several transactions
+    in order, resuming after those ``progress`` recorded (:func:`.chunked.send_in_chunks`).
     """
 
-    def __init__(self, client: FhirClient, reference_mode: str = "logical", version: str = "auto") -> None:
+    def __init__(self, client: FhirClient, reference_mode: str = "logical",
+                 max_entries_per_request: int | None = None, version: str = "auto") -> None:
         self.client = client
         self.reference_mode = reference_mode
+        self.max_entries_per_request = max_entries_per_request
         self.versions = VersionResolver(client, version)
 
     async def release(self) -> FhirRelease | SendResult:
         return await self.versions.resolve()
 
-    async def deliver(self, bundle: dict[str, Any], sop_instance_uid: str) -> SendResult:
+    async def deliver(self, bundle: dict[str, Any], sop_instance_uid: str, *,
+                      progress: DeliveryProgress | None = None) -> SendResult:
         if self.reference_mode == "resolve":
             await resolve_logical_references(bundle, self.client)
+        limit = self.max_entries_per_request
+        if limit is not None and len(bundle.get("entry") or ()) > limit:
+            return await send_in_chunks(self.client, bundle, limit, progress)
         return await self.client.send(bundle)
 
     async def probe(self) -> str | None:
@@ -215,7 +234,8 @@ async def process_item(
         for note in result.skipped:
             log.info("mapping_item_skipped", content_path=note.path, concept=note.concept, reason=note.reason)
         try:
-            sent = await delivery.deliver(result.bundle, item.sop_instance_uid)
+            sent = await delivery.deliver(result.bundle, item.sop_instance_uid,
+                                          progress=SpoolProgress(consumer, item))
         except Exception as exc:  # noqa: BLE001 - e.g. outbox disk full: keep it pending
             log.error("bundle_deferred", reason=f"{type(exc).__name__}: {exc}")
             return _defer(item, stats, None, observers)

@@ -136,7 +136,8 @@ async def forward(settings: Settings) -> int:
         else:
             log.info("worker_started", target="fhir", base_url=str(settings.fhir.base_url))
             async with FhirClient(settings.fhir, shutdown=stop, sleep=metrics.wrap_sleep(asyncio.sleep)) as client:
-                delivery = FhirDelivery(client, settings.fhir.reference_mode, settings.fhir.version)
+                delivery = FhirDelivery(client, settings.fhir.reference_mode,
+                                        settings.fhir.max_entries_per_request, settings.fhir.version)
                 retry = settings.fhir.retry
                 hold = DeliveryHold(delivery.probe, ProbeBackoff(retry.initial_backoff_s, retry.max_backoff_s,
                                                                  retry.jitter_s), observers=hold_observers)

@@ -27,8 +27,10 @@ from .db import (
     fsync_dir,
     insert_items,
     new_rows,
+    read_progress,
     remove_items,
     vacuum_if_sparse,
+    write_progress,
     write_transaction,
 )
 from .items import (
@@ -180,6 +182,26 @@ class SpoolConsumer:
             self._deletions += 1
             if self._newest.get(item.sop_instance_uid, (0, 0))[1] == item.seq:
                 del self._newest[item.sop_instance_uid]
+
+    def progress(self, item: SpoolItem) -> tuple[str, int] | None:
+        """(digest, chunks_done) of ``item``'s delivery in several transactions, as last
+        recorded by :meth:`record_progress`; None when nothing is recorded."""
+        with self._lock:
+            conn, _ = self._open_conn()
+            try:
+                return read_progress(conn, item.seq)
+            except sqlite3.Error as exc:
+                raise spool_error(exc, f"cannot read the progress of item {item.id}") from exc
+
+    def record_progress(self, item: SpoolItem, digest: str, chunks_done: int) -> None:
+        """Record durably (``synchronous=FULL``) that the first ``chunks_done`` transactions of
+        ``item``'s Bundle (identified by ``digest``) were acknowledged. The record goes with
+        the item when it is settled, dead-lettered or superseded; nothing is recorded for an
+        item that is gone already."""
+        with self._lock:
+            conn, _ = self._open_conn()
+            with durable(conn), write_transaction(conn, f"cannot record the progress of item {item.id}"):
+                write_progress(conn, item.seq, digest, chunks_done)
 
     def dead_letter(self, item: SpoolItem, sidecar: Mapping[str, Any]) -> None:
         """Move ``item`` to ``failed/`` with ``sidecar`` (reason, OperationOutcome, attempts...)."""

@@ -23,6 +23,13 @@ fdatasync'ed; the consumer's removals are the exception, see :mod:`scp.spool`),
                      of a dead letter left in ``failed/``); ``last_seq`` = the highest seq
                      ever removed (a new seq is above it and above every row: never reused)
     legacy_segments  migration bookkeeping: journal segment name -> offset imported to
+    progress         how far the delivery of an item split into several transactions got:
+                     seq of the item, digest (of the Bundle and the chunk size), chunks_done
+                     (acknowledged by the server, in order); deleted with the item's row
+
+Versions: 1 (December 2026) had no ``progress``; a version-1 file is upgraded in place
+when it is opened (:data:`MIGRATIONS`). A file of a later version than
+:data:`SCHEMA_VERSION` is refused, since an older release cannot know what it holds.
 
 A put of a 4.5 KB SR writes three or four pages (page 1, the row's leaf page, one
 overflow page, and the freelist's trunk page when it reuses free pages) and no more: no
@@ -74,14 +81,16 @@ __all__ = [
     "fsync_dir",
     "insert_items",
     "new_rows",
+    "read_progress",
     "remove_items",
     "retrying",
     "vacuum_if_sparse",
+    "write_progress",
     "write_transaction",
 ]
 
 DB_NAME = "spool.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PAGE_SIZE = 4096
 BUSY_TIMEOUT_S = 10.0
 """How long a statement waits for another connection's write transaction (or recovery)."""
@@ -121,6 +130,10 @@ def free_bytes(directory: Path) -> int:
 
 T = TypeVar("T")
 
+_PROGRESS_TABLE = """CREATE TABLE progress (
+        seq INTEGER PRIMARY KEY,
+        digest TEXT NOT NULL,
+        chunks_done INTEGER NOT NULL)"""
 _SCHEMA = (
     """CREATE TABLE items (
         seq INTEGER PRIMARY KEY,
@@ -135,7 +148,12 @@ _SCHEMA = (
         payload BLOB NOT NULL)""",
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value NOT NULL) WITHOUT ROWID",
     "CREATE TABLE legacy_segments (name TEXT PRIMARY KEY, imported_to INTEGER NOT NULL) WITHOUT ROWID",
+    _PROGRESS_TABLE,
 )
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (_PROGRESS_TABLE,),
+}
+"""Schema version -> the statements that turn a file of that version into the next one."""
 _ITEM_COLUMNS = "seq, sop_instance_uid, sop_class_uid, transfer_syntax_uid, calling_ae, received_at, size"
 _INSERT = ("INSERT INTO items (seq, sop_instance_uid, sop_class_uid, transfer_syntax_uid, calling_ae, received_at,"
            " received_us, size, crc32, payload) VALUES ("
@@ -223,9 +241,25 @@ def remove_items(conn: sqlite3.Connection, seqs: Sequence[int]) -> None:
         return
     top = conn.execute("SELECT coalesce(max(seq), 0) FROM items").fetchall()[0][0]
     conn.executemany("DELETE FROM items WHERE seq = ?", [(seq,) for seq in seqs])
+    conn.executemany("DELETE FROM progress WHERE seq = ?", [(seq,) for seq in seqs])
     highest = max(seqs)
     if highest >= top:
         conn.execute("UPDATE meta SET value = ? WHERE key = 'last_seq' AND value < ?", (highest, highest))
+
+
+def read_progress(conn: sqlite3.Connection, seq: int) -> tuple[str, int] | None:
+    """(digest, chunks_done) recorded for item ``seq``, or None."""
+    rows = retrying(lambda: conn.execute("SELECT digest, chunks_done FROM progress WHERE seq = ?", (seq,)).fetchall())
+    return (rows[0][0], rows[0][1]) if rows else None
+
+
+def write_progress(conn: sqlite3.Connection, seq: int, digest: str, chunks_done: int) -> bool:
+    """Record the progress of item ``seq`` (inside a write transaction); False (nothing
+    written) when the item is no longer there."""
+    cursor = conn.execute(
+        "INSERT OR REPLACE INTO progress (seq, digest, chunks_done)"
+        " SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM items WHERE seq = ?)", (seq, digest, chunks_done, seq))
+    return cursor.rowcount > 0
 
 
 def new_rows(conn: sqlite3.Connection, since: int) -> list[tuple[int, str, int]]:
@@ -296,6 +330,7 @@ class SpoolDatabase:
         return conn
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
+        """Create the tables in a new file, or upgrade an earlier version's (one transaction)."""
         with write_transaction(conn, f"cannot create {self.path}"):
             version = conn.execute("PRAGMA user_version").fetchall()[0][0]
             if version == 0:
@@ -304,9 +339,14 @@ class SpoolDatabase:
                 conn.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?), ('last_seq', 0)",
                              (str(time.time_ns()),))
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
+            elif version < SCHEMA_VERSION:  # an earlier release's file: upgrade it in place
+                for step in range(version, SCHEMA_VERSION):
+                    for statement in MIGRATIONS[step]:
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version > SCHEMA_VERSION:
                 raise SpoolError(f"{self.path} is a spool database of version {version}; "
-                                 f"this release reads version {SCHEMA_VERSION}")
+                                 f"this release reads versions up to {SCHEMA_VERSION}")
 
     def item_id(self, seq: int) -> ItemId:
         assert self._epoch is not None, "connect() first"

@@ -205,14 +205,14 @@ def application_event(*, source: AuditSource, started: bool, recorded: datetime 
 
 def resources_written(bundle: dict[str, Any], response_bundle: dict[str, Any] | None, base_url: str) -> list[str]:
     """Absolute URLs of what a transaction wrote: the response's ``location``s when the
-    server sent them (with versions), else the ``PUT`` request URLs; conditional ``POST``s
-    without a response are not known and left out."""
+    server sent them (with versions), else the ``PUT Type/id`` request URLs; conditional
+    writes without a response are not known and left out."""
     base = base_url.rstrip("/")
     locations = [entry.get("response", {}).get("location") for entry in (response_bundle or {}).get("entry", [])
                  if isinstance(entry, dict)]
     if not any(locations):
         locations = [entry["request"]["url"] for entry in bundle.get("entry", [])
-                     if entry.get("request", {}).get("method") == "PUT"]
+                     if entry.get("request", {}).get("method") == "PUT" and "?" not in entry["request"]["url"]]
     return [loc if "://" in loc else f"{base}/{loc.lstrip('/')}" for loc in locations if isinstance(loc, str) and loc]
 
 

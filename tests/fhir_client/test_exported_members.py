@@ -10,6 +10,7 @@ def test_exported_members():
         "BasicAuthSettings",
         "BearerAuthSettings",
         "ClientClosedError",
+        "ComponentTooLargeError",
         "EndpointProblem",
         "FhirClient",
         "FhirClientError",
@@ -19,9 +20,11 @@ def test_exported_members():
         "Outcome",
         "RetrySettings",
         "SendResult",
+        "SplitError",
         "TlsSettings",
         "TokenRequestError",
         "UnexpectedResponseError",
+        "split_transaction",
     }
     for name in fhir_client.__all__:
         assert getattr(fhir_client, name) is not None

@@ -9,6 +9,7 @@ import pydicom
 import pytest
 
 from mapping import MappingOptions, map_sr, serialize
+from mapping.bundle import BundleBuilder, identifier_query
 from mapping.ids import content_id, report_scoped_id
 from tests.support import sr_builders as sr
 from tests.support.bundle_queries import one, resources
@@ -49,12 +50,24 @@ def test_transaction_with_urn_uuid_full_urls_and_put_requests():
         assert resource["meta"]["profile"][0].startswith("http://hl7.org/fhir/uv/dicom-sr/StructureDefinition/")
 
 
-def test_every_literal_reference_resolves_inside_the_bundle():
+def test_put_mode_references_are_literal_type_id_of_entries_that_come_first():
     bundle = map_sr(rich_report()).bundle
-    urls = {entry["fullUrl"] for entry in bundle["entry"]}
+    position = {entry["request"]["url"]: i for i, entry in enumerate(bundle["entry"])}
+    for index, entry in enumerate(bundle["entry"]):
+        references = list(all_references(entry["resource"]))
+        assert not [r for r in references if r.startswith("urn:")]  # splittable: no placeholders
+        assert all(position[r] < index for r in references)  # referenced resources first
+    assert list(all_references(bundle))
+
+
+@pytest.mark.parametrize("write_mode", ["conditional", "conditional-update"])
+def test_conditional_mode_references_are_full_urls_of_entries_that_come_first(write_mode):
+    bundle = map_sr(rich_report(), MappingOptions(write_mode=write_mode)).bundle
+    position = {entry["fullUrl"]: i for i, entry in enumerate(bundle["entry"])}
     references = list(all_references(bundle))
     assert references
-    assert set(references) <= urls
+    for index, entry in enumerate(bundle["entry"]):
+        assert all(position[r] < index for r in all_references(entry["resource"]))
 
 
 def test_same_input_gives_byte_identical_output():
@@ -116,8 +129,31 @@ def test_conditional_mode_keys_match_put_ids_and_full_urls_differ_from_identifie
     assert full_urls.isdisjoint(keys)  # a server rewriting fullUrl strings must not touch the keys
 
 
-@pytest.mark.parametrize("write_mode", ["put", "conditional"])
+@pytest.mark.parametrize("write_mode", ["put", "conditional", "conditional-update"])
 def test_bundles_are_json_serialisable_utf8(write_mode):
     report = rich_report(person_observer="Łukasz^Zoë")
     text = serialize(map_sr(report, MappingOptions(write_mode=write_mode)).bundle).decode("utf-8")
     assert "Łukasz" in text
+
+
+def test_conditional_update_mode_puts_on_the_same_identifier_conditional_mode_posts_on():
+    conditional = map_sr(rich_report(), MappingOptions(write_mode="conditional")).bundle
+    update = map_sr(rich_report(), MappingOptions(write_mode="conditional-update")).bundle
+    assert [e["fullUrl"] for e in update["entry"]] == [e["fullUrl"] for e in conditional["entry"]]
+    for entry, posted in zip(update["entry"], conditional["entry"], strict=True):
+        resource, request = entry["resource"], entry["request"]
+        assert "id" not in resource
+        assert resource == posted["resource"]  # the same identifier is carried, the same references
+        assert request == {"method": "PUT", "url": f"{resource['resourceType']}?{posted['request']['ifNoneExist']}"}
+
+
+def test_conditional_update_urls_escape_search_characters_and_encode_the_query():
+    builder = BundleBuilder("conditional-update")
+    key = {"system": "http://example.org/ids", "value": "a|b,c$d\\e f&g#h+i%jé"}
+    reference = builder.add({"resourceType": "Device", "id": "x", "identifier": [key]}, key_identifier=key)
+    (entry,) = builder.build()["entry"]
+    assert entry["fullUrl"] == reference and reference.startswith("urn:uuid:")
+    assert entry["request"]["url"] == (
+        "Device?identifier=http://example.org/ids|a\\|b\\,c\\$d\\\\e%20f%26g%23h%2Bi%25j%C3%A9")
+    assert identifier_query({"system": "urn:ietf:rfc:3986", "value": "urn:uuid:1"}) == (
+        "identifier=urn:ietf:rfc:3986|urn:uuid:1")

@@ -30,7 +30,7 @@ SOP_CLASSES = {
 
 
 @pytest.mark.conformance
-@pytest.mark.parametrize("write_mode", ["put", "conditional"])
+@pytest.mark.parametrize("write_mode", ["put", "conditional", "conditional-update"])
 def test_every_profile_in_every_tid1500_sop_class_validates(write_mode, conformant):
     bundles = {}
     for name, sop_class in SOP_CLASSES.items():

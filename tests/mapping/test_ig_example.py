@@ -14,7 +14,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from mapping import map_sr
-from tests.support.bundle_queries import coding, deref, full_url, one, profiles_of, resources
+from tests.support.bundle_queries import coding, deref, reference_to, one, profiles_of, resources
 from tests.support.conformance import IG_EXAMPLE_SR, require_shared
 
 SCT = "http://snomed.info/sct"
@@ -79,11 +79,11 @@ def test_measurements_use_their_own_algorithm_and_the_groups_selection(tv1):
     algorithm = one(bundle, "algorithm-identification")
     assert algorithm["displayName"] == "pylidc" and algorithm["version"] == [{"value": "0.2.0"}]
     assert deref(bundle, algorithm["parent"]) is one(bundle, "dicom-general-equipment")
-    segment_url = full_url(bundle, one(bundle, "referenced-segment"))
+    segment_url = reference_to(bundle, one(bundle, "referenced-segment"))
     for measurement in resources(bundle, "imaging-measurement"):
         # TV-1's example 003 names the equipment although its NUM carries the algorithm (§9.13);
         # the NUM's own TID 4019 wins here, for all three.
-        assert measurement["device"] == {"reference": full_url(bundle, algorithm)}
+        assert measurement["device"] == {"reference": reference_to(bundle, algorithm)}
         assert measurement["derivedFrom"] == [{"reference": segment_url}]
         assert measurement["valueQuantity"]["system"] == "http://unitsofmeasure.org"
     assert [m["valueQuantity"]["code"] for m in resources(bundle, "imaging-measurement")] == ["mm3", "mm", "mm2"]

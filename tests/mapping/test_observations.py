@@ -10,7 +10,7 @@ import pytest
 
 from mapping import MappingOptions, map_sr, serialize
 from tests.support import sr_builders as sr
-from tests.support.bundle_queries import deref, full_url, one, profiles_of, resources
+from tests.support.bundle_queries import deref, reference_to, one, profiles_of, resources
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SCT = "http://snomed.info/sct"
@@ -94,7 +94,7 @@ class TestImagingMeasurement:
             assert member["device"] == group_obs["device"]
             assert member["bodyStructure"] == group_obs["bodyStructure"]
             assert member["method"] == group_obs["method"]
-            assert {"reference": full_url(bundle, one(bundle, "image-region-2d"))} in member["derivedFrom"]
+            assert {"reference": reference_to(bundle, one(bundle, "image-region-2d"))} in member["derivedFrom"]
 
     def test_own_algorithm_overrides_the_groups_device(self):
         own = sr.num_item(sr.VOLUME, 12, sr.MM3, children=sr.algorithm_items("VolumeTool", "3.2"))
@@ -220,7 +220,7 @@ class TestPractitionerAndFindingSite:
         bundle = mapped([planar_group()], person_observer="Müller^Jürgen^Karl^Dr.").bundle
         practitioner = one(bundle, "dicom-participant-person")
         assert practitioner["name"] == [{"family": "Müller", "given": ["Jürgen", "Karl"], "prefix": ["Dr."]}]
-        assert one(bundle, "imaging-measurement-group")["performer"] == [{"reference": full_url(bundle, practitioner)}]
+        assert one(bundle, "imaging-measurement-group")["performer"] == [{"reference": reference_to(bundle, practitioner)}]
 
     def test_no_person_observer_means_no_performer(self):
         bundle = mapped([planar_group()], person_observer=None).bundle
@@ -241,7 +241,7 @@ class TestPractitionerAndFindingSite:
              "system": "urn:dicom:uid", "value": "urn:oid:" + sr.uid("tracking:Nodule 1")},
         ]
         assert site["patient"]["identifier"]["value"] == "PID-1"
-        assert one(bundle, "imaging-measurement-group")["bodyStructure"] == {"reference": full_url(bundle, site)}
+        assert one(bundle, "imaging-measurement-group")["bodyStructure"] == {"reference": reference_to(bundle, site)}
 
     def test_srt_codes_are_translated_to_snomed_ct(self):
         site = sr.code_item(sr.coded("G-C0E3", "SRT", "Finding Site"), sr.coded("T-D00F7", "SRT", "Vertebral column"),

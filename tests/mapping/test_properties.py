@@ -419,20 +419,21 @@ def _no_constant(name: str) -> float:
     raise AssertionError(f"Bundle JSON holds {name}, which is not JSON")
 
 
-def _urn_references(value: Any) -> Iterator[str]:
+def _references(value: Any) -> Iterator[str]:
     if isinstance(value, dict):
         for key, inner in value.items():
-            if key == "reference" and isinstance(inner, str) and inner.startswith("urn:uuid:"):
+            if key == "reference" and isinstance(inner, str):
                 yield inner
             else:
-                yield from _urn_references(inner)
+                yield from _references(inner)
     elif isinstance(value, list):
         for inner in value:
-            yield from _urn_references(inner)
+            yield from _references(inner)
 
 
 def assert_well_formed(result: MappingResult) -> None:
-    """A transaction Bundle whose entries all have a urn:uuid fullUrl, a request and resolvable refs."""
+    """A transaction Bundle whose entries all have a urn:uuid fullUrl and a request, whose
+    literal references (``Type/id`` or a fullUrl) all resolve inside it, to an earlier entry."""
     bundle = result.bundle
     assert isinstance(bundle, dict)
     assert bundle["resourceType"] == "Bundle"
@@ -442,13 +443,22 @@ def assert_well_formed(result: MappingResult) -> None:
     full_urls = [entry["fullUrl"] for entry in entries]
     assert all(isinstance(url, str) and url.startswith("urn:uuid:") for url in full_urls)
     assert len(set(full_urls)) == len(full_urls), "duplicate fullUrl"
-    for entry in entries:
+    position = {}
+    for index, entry in enumerate(entries):
         assert isinstance(entry["request"], dict)
         assert entry["request"]["method"] in ("PUT", "POST")
         assert isinstance(entry["request"]["url"], str) and entry["request"]["url"]
-        assert isinstance(entry["resource"]["resourceType"], str)
-    dangling = set(_urn_references(bundle)) - set(full_urls)
-    assert not dangling, f"references to entries not in the Bundle: {sorted(dangling)}"
+        resource = entry["resource"]
+        assert isinstance(resource["resourceType"], str)
+        position[entry["fullUrl"]] = index
+        if "id" in resource:
+            position[f"{resource['resourceType']}/{resource['id']}"] = index
+    for index, entry in enumerate(entries):
+        references = set(_references(entry["resource"]))
+        dangling = references - set(position)
+        assert not dangling, f"references to entries not in the Bundle: {sorted(dangling)}"
+        later = sorted(r for r in references if position[r] > index)
+        assert not later, f"entry {index} references entries that come after it: {later}"
     json.loads(serialize(bundle), parse_constant=_no_constant)  # strict JSON: no NaN/Infinity
     assert all(isinstance(note, Skipped) and isinstance(note.path, str) for note in result.skipped)
 
@@ -714,6 +724,13 @@ class TestDeterminism:
             # ... and never a fullUrl string, which some servers rewrite inside a transaction.
             assert key_value not in full_urls
         assert put.skipped == conditional.skipped
+        update = map_or_refuse(mutated(mutation), MappingOptions(write_mode="conditional-update"))
+        assert update is not None
+        for entry, posted in zip(update.bundle["entry"], conditional_entries, strict=True):
+            assert (entry["fullUrl"], entry["resource"]) == (posted["fullUrl"], posted["resource"])
+            assert entry["request"]["method"] == "PUT"
+            assert entry["request"]["url"].startswith(f"{entry['resource']['resourceType']}?identifier=")
+        assert update.skipped == put.skipped
 
 
 def _part10_with_short_graphic_data() -> bytes:

@@ -6,7 +6,7 @@ import pytest
 
 from mapping import map_sr
 from tests.support import sr_builders as sr
-from tests.support.bundle_queries import coding, deref, full_url, one, profiles_of, resources
+from tests.support.bundle_queries import coding, deref, reference_to, one, profiles_of, resources
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SOP_SYSTEM = "https://dicom.nema.org/medical/dicom/current/output/chtml/part04/sect_B.5"
@@ -115,7 +115,7 @@ class TestImageRegion2d:
 
     def test_group_and_its_measurements_are_derived_from_it(self):
         bundle, _ = report([self.polyline()])
-        url = full_url(bundle, one(bundle, "image-region-2d"))
+        url = reference_to(bundle, one(bundle, "image-region-2d"))
         group = group_observation(bundle)
         measurement = one(bundle, "imaging-measurement")
         assert {"reference": url} in group["derivedFrom"]
@@ -221,7 +221,7 @@ class TestRegionInSpace:
             "sopClass": {"system": SOP_SYSTEM, "code": sr.RT_STRUCTURE_SET_STORAGE, "display": "RT Structure Set Storage"},
             "subset": ["GTV"],
         }]
-        assert {"reference": full_url(bundle, selection)} in group_observation(bundle)["derivedFrom"]
+        assert {"reference": reference_to(bundle, selection)} in group_observation(bundle)["derivedFrom"]
 
     def test_without_roi_identification_is_skipped(self):
         bundle, skipped = report([self.item(with_roi=False)])

@@ -267,7 +267,7 @@ class Endpoint:
     async def release(self) -> str:
         return "r5"
 
-    async def deliver(self, bundle: dict[str, Any], sop_instance_uid: str) -> SendResult:
+    async def deliver(self, bundle: dict[str, Any], sop_instance_uid: str, *, progress=None) -> SendResult:
         self.sent.append(sop_instance_uid)
         await asyncio.sleep(0)
         return self.mode(sop_instance_uid)

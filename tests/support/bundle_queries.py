@@ -33,12 +33,21 @@ def full_url(bundle: dict, resource: dict) -> str:
     raise AssertionError("resource not in bundle")
 
 
+def reference_to(bundle: dict, resource: dict) -> str:
+    """The reference the mapping writes to ``resource``: ``Type/id`` when the resource has an
+    id (put mode), else its entry's fullUrl (conditional modes)."""
+    if "id" in resource:
+        return f"{resource['resourceType']}/{resource['id']}"
+    return full_url(bundle, resource)
+
+
 def deref(bundle: dict, reference: dict) -> dict:
-    """The Bundle resource a literal ``{"reference": "urn:uuid:..."}`` points at."""
+    """The Bundle resource a literal reference (``Type/id`` or a ``urn:uuid:`` fullUrl) points at."""
     target = reference["reference"]
     for entry in bundle["entry"]:
-        if entry["fullUrl"] == target:
-            return entry["resource"]
+        resource = entry["resource"]
+        if target in (entry["fullUrl"], f"{resource['resourceType']}/{resource.get('id')}"):
+            return resource
     raise AssertionError(f"{target} does not resolve inside the bundle")
 
 

@@ -12,7 +12,13 @@ request according to the next queued fault, or the standing mode once the queue 
 Faults: :data:`PASS`; :func:`status` (any answer, e.g. 503, 429 with ``Retry-After``, 400 with
 an OperationOutcome); :func:`delay` then pass; :data:`DROP` (close the connection without a
 response); :func:`reject_type` (answer a 4xx with an OperationOutcome when the request body is
-a Bundle holding that resource type, or that resource itself; pass otherwise).
+a Bundle holding that resource type, or that resource itself; pass otherwise); :class:`Hold`
+(keep the request unanswered until the test releases it, e.g. to kill the client meanwhile)::
+
+    held = Hold()
+    proxy.push(PASS, PASS, held)     # the third request waits
+    assert held.arrived.wait(30)     # ... it is here now
+    held.release(DROP)               # then close it (or PASS: forward it)
 
 Every request is logged (:class:`LogEntry`) before its response is written, so a test reads
 the log right after its client returns, without waiting. Client connections are kept alive
@@ -39,7 +45,7 @@ import h11
 import httpx
 
 __all__ = [
-    "DROP", "PASS", "Delay", "Drop", "Fault", "FaultProxy", "LogEntry", "Pass", "RejectType", "Status",
+    "DROP", "PASS", "Delay", "Drop", "Fault", "FaultProxy", "Hold", "LogEntry", "Pass", "RejectType", "Status",
     "delay", "operation_outcome", "reject_type", "status",
 ]
 
@@ -87,7 +93,32 @@ class RejectType:
     outcome_text: str
 
 
-Fault = Pass | Status | Delay | Drop | RejectType
+class Hold:
+    """Keep the request unanswered until :meth:`release`, then apply the fault given there.
+
+    ``arrived`` is set once the request has been read; a test waits on it instead of sleeping.
+    Stopping the proxy releases every hold with :data:`DROP`.
+    """
+
+    def __init__(self) -> None:
+        self.arrived = threading.Event()
+        self._released = threading.Event()
+        self._then: Pass | Status | Drop = Drop()
+
+    def release(self, then: Pass | Status | Drop | None = None) -> None:
+        """Answer the held request with ``then`` (default :data:`DROP`); idempotent."""
+        if then is not None and not self._released.is_set():
+            self._then = then
+        self._released.set()
+
+    async def wait(self) -> Pass | Status | Drop:
+        """Wait (off the event loop) until released; the fault to apply then."""
+        self.arrived.set()
+        await asyncio.get_running_loop().run_in_executor(None, self._released.wait)
+        return self._then
+
+
+Fault = Pass | Status | Delay | Drop | RejectType | Hold
 PASS = Pass()
 DROP = Drop()
 
@@ -155,6 +186,7 @@ class FaultProxy:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._failure: BaseException | None = None
+        self._holds: list[Hold] = []
 
     # -- programming it (any thread) ----------------------------------------------
 
@@ -223,6 +255,10 @@ class FaultProxy:
         thread, self._thread = self._thread, None
         if thread is None:
             return
+        with self._lock:
+            holds = list(self._holds)
+        for held in holds:
+            held.release(DROP)
         loop, stopping = self._loop, self._stopping
         if loop is not None and stopping is not None:
             with contextlib.suppress(RuntimeError):  # the loop already ended
@@ -295,6 +331,10 @@ class FaultProxy:
         method = request.method.decode("ascii")
         target = request.target.decode("ascii")
         fault = self._next_fault()
+        if isinstance(fault, Hold):
+            with self._lock:
+                self._holds.append(fault)
+            fault = await fault.wait()
         if isinstance(fault, Delay):
             await asyncio.sleep(fault.seconds)
             fault = PASS

@@ -10,7 +10,9 @@
 //   2. runs entries in the order FHIR prescribes (DELETE, POST, PUT, PATCH, GET/HEAD), Bundle
 //      order within each, through FhirEngine.execute (Medplum's handlers);
 //   3. rewrites Reference.reference values (and narrative hrefs) equal to a fullUrl of the
-//      Bundle to Type/id; a urn:uuid/urn:oid reference that matches no fullUrl is a 400;
+//      Bundle to Type/id; a urn:uuid/urn:oid reference that matches no fullUrl is a 400; a
+//      conditional reference (Type?query) becomes the Type/id of its single match (404 when
+//      none matches, 412 when several do), as HAPI resolves them;
 //   4. for a transaction, restores the store as it was before if any entry fails, and answers
 //      with that entry's status and OperationOutcome; a batch records per-entry failures.
 
@@ -20,6 +22,7 @@ const { errorResult, fail, versionHeaders } = require('./engine');
 
 const ORDER = { DELETE: 0, POST: 1, PUT: 2, PATCH: 3, GET: 4, HEAD: 4 };
 const PLACEHOLDER = /^urn:(uuid|oid):/;
+const CONDITIONAL_REFERENCE = /^([A-Z][A-Za-z]+)\?(.+)$/;
 
 function statusLine(status) {
   return `${status} ${STATUS_CODES[status] ?? ''}`.trim();
@@ -145,6 +148,16 @@ class BundleProcessor {
     return matches[0]?.id;
   }
 
+  /** The Type/id a conditional reference (Type?query) stands for: its single match. */
+  async conditionalReference(reference, index) {
+    const [, resourceType, query] = reference.match(CONDITIONAL_REFERENCE);
+    const id = await this.singleMatch(resourceType, query);
+    if (!id) {
+      throw fail(404, 'not-found', `conditional reference ${reference} matches no resource`, `Bundle.entry[${index}]`);
+    }
+    return `${resourceType}/${id}`;
+  }
+
   async run(plan, placeholders) {
     const { entry, method } = plan;
     if (plan.existing) {
@@ -154,7 +167,11 @@ class BundleProcessor {
     let body = entry.resource;
     if (body !== undefined) {
       const unresolved = [];
-      body = rewrite(body, placeholders, unresolved, 'resource');
+      const known = new Map(placeholders);
+      for (const reference of conditionalReferences(body)) {
+        known.set(reference, await this.conditionalReference(reference, plan.index));
+      }
+      body = rewrite(body, known, unresolved, 'resource');
       if (unresolved.length) {
         throw fail(400, 'not-found', `${unresolved[0].value} matches no fullUrl in this Bundle`, `Bundle.entry[${plan.index}].${unresolved[0].path}`);
       }
@@ -211,6 +228,22 @@ class BundleProcessor {
       }),
     };
   }
+}
+
+/** Every distinct conditional reference (Type?query) in a resource. */
+function conditionalReferences(value, found = new Set()) {
+  if (Array.isArray(value)) {
+    value.forEach((item) => conditionalReferences(item, found));
+  } else if (value !== null && typeof value === 'object') {
+    for (const [key, item] of Object.entries(value)) {
+      if (key === 'reference' && typeof item === 'string' && CONDITIONAL_REFERENCE.test(item)) {
+        found.add(item);
+      } else {
+        conditionalReferences(item, found);
+      }
+    }
+  }
+  return found;
 }
 
 /** Rewrite Reference.reference values and narrative links that name a fullUrl of the Bundle. */
