@@ -9,6 +9,7 @@ note either way.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "CodingSystems",
     "DCM_SYSTEM",
     "UCUM_SYSTEM",
+    "ucum_code",
 ]
 
 DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -45,6 +47,33 @@ CODING_SYSTEMS: dict[str, str] = {
 }
 
 FALLBACK_SYSTEM_PREFIX = "urn:dicom:coding-scheme:"
+
+# An annotation that opens a term and is directly followed by a unit symbol ("{SUVbw}g/ml"):
+# DICOM CID 85 codes written so, which UCUM's grammar refuses (an annotation either stands alone
+# or follows a unit symbol). Group 1: start or operator; 2: the annotation(s); 3: the symbol.
+_LEADING_ANNOTATION = re.compile(r"(^|[./(])((?:\{[^{}]*\})+)([^./(){}]+)")
+
+
+def ucum_code(code: str) -> str:
+    """``code`` made valid UCUM where DICOM puts an annotation before a unit symbol.
+
+    A code that opens with an annotation followed by a unit (``{SUVbw}g/ml``) gets the annotation
+    at its end (``g/ml{SUVbw}``); an annotation elsewhere directly before a unit symbol moves behind
+    that symbol (``mg/{x}dl`` -> ``mg/dl{x}``). Annotations are unity in UCUM, so the quantity's
+    value and dimension are unchanged. Valid codes (``{ratio}``, ``{counts}/s``, ``mm``) are
+    returned as they are.
+    """
+    if "{" not in code:
+        return code
+    opening = _LEADING_ANNOTATION.match(code)
+    if opening is not None and opening.group(1) == "":
+        annotation = opening.group(2)
+        return _move_annotations(code[len(annotation):]) + annotation
+    return _move_annotations(code)
+
+
+def _move_annotations(code: str) -> str:
+    return _LEADING_ANNOTATION.sub(lambda m: m.group(1) + m.group(3) + m.group(2), code)
 
 
 @dataclass(frozen=True, slots=True)

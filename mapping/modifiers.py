@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import concepts
+from .coding import UCUM_SYSTEM, ucum_code
 from .content_tree import ContentNode, NumValue
 from .context import ReportContext
 
@@ -75,7 +76,8 @@ def quantity(num: NumValue, ctx: ReportContext) -> dict:
         if num.unit.meaning:
             result["unit"] = num.unit.meaning
         result["system"] = ctx.codes.system(num.unit.scheme)
-        result["code"] = num.unit.value
+        # DICOM writes some UCUM codes UCUM's grammar refuses ("{SUVbw}g/ml"): the valid equivalent
+        result["code"] = ucum_code(num.unit.value) if result["system"] == UCUM_SYSTEM else num.unit.value
     return result
 
 

@@ -35,6 +35,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr._snomed_dict import mapping as SNOMED
 
 from mapping import MappingError, map_sr, serialize
+from mapping.coding import ucum_code
 from tests.support import sr_builders as sr
 from tests.support.conformance import SAMPLES, require_shared
 from tests.support.report_fixtures import every_profile_report, fidelity_report
@@ -154,6 +155,8 @@ def num_carried(ds: Dataset, resources: list[dict], claimed: set[int]) -> bool:
                                 if mv.get("FloatingPointValue") is not None else set())
     units = mv.get("MeasurementUnitsCodeSequence")
     unit = concept(units[0])[1] if units else None
+    # a UCUM code DICOM writes invalidly ("{SUVbw}g/ml") is carried as its valid equivalent
+    unit = ucum_code(unit) if unit is not None and units[0].CodingSchemeDesignator == "UCUM" else unit
     free = [id(q) for r in resources if name_of(ds)[1] in codes_in(r) for q in quantities_in(r)
             if Decimal(q["value"]) in values and unit in (None, q.get("code")) and id(q) not in claimed]
     claimed.update(free[:1])
