@@ -26,11 +26,16 @@ _MAIN_CLASS = "sr2fhir.hapitest.Validate"
 
 
 def validate_with_engine(paths: list[Path], version: str, ig_dir: Path | None = None,
-                         *, timeout_s: float = VALIDATE_TIMEOUT_S) -> list[dict[str, Any]]:
+                         *, xver_r5_for_r4: bool = False,
+                         timeout_s: float = VALIDATE_TIMEOUT_S) -> list[dict[str, Any]]:
     """Validate ``paths`` (FHIR JSON files) with HAPI's FhirInstanceValidator; all issues found.
 
     ``ig_dir`` (R5 only): a folder of StructureDefinition/ValueSet/CodeSystem JSON files to load
     as well (e.g. ``../shared/spec/ig-json``); its other files are ignored.
+    ``xver_r5_for_r4`` (R4 only): give the engine definitions of the R5 cross-version extensions
+    (``http://hl7.org/fhir/5.0/StructureDefinition/extension-<path>``) the files use, generated
+    from the R5 core package (``XverR5ForR4.java``); without them the engine reports each use
+    as an error (``Extension_EXT_Version_Invalid``).
     """
     if version not in ("r5", "r4"):
         raise ValueError(f"version must be 'r5' or 'r4', not {version!r}")
@@ -41,6 +46,10 @@ def validate_with_engine(paths: list[Path], version: str, ig_dir: Path | None = 
     args = [java, *JAVA_OPTIONS, "-cp", str(JAR), _MAIN_CLASS, "--fhir-version", version]
     if ig_dir is not None:
         args += ["--ig", str(ig_dir)]
+    if xver_r5_for_r4:
+        if version != "r4":
+            raise ValueError("xver_r5_for_r4 is for version 'r4'")
+        args.append("--xver-r5-for-r4")
     args += [str(path) for path in paths]
     try:
         completed = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,

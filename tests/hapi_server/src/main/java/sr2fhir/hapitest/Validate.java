@@ -33,10 +33,12 @@ import ca.uhn.fhir.validation.ValidationResult;
 /**
  * The HL7 validator engine as HAPI ships it ({@link FhirInstanceValidator}), offline.
  *
- * <pre>java -cp hapi-test-server.jar sr2fhir.hapitest.Validate --fhir-version r5|r4 [--ig DIR] FILE...</pre>
+ * <pre>java -cp hapi-test-server.jar sr2fhir.hapitest.Validate --fhir-version r5|r4 [--ig DIR] [--xver-r5-for-r4] FILE...</pre>
  *
  * Definitions: the core package of hapi-fhir-validation-resources-r5/-r4, plus (R5 only) every
- * StructureDefinition, ValueSet and CodeSystem JSON file in {@code --ig DIR}. Terminology: in
+ * StructureDefinition, ValueSet and CodeSystem JSON file in {@code --ig DIR}; (R4 only, with
+ * {@code --xver-r5-for-r4}) definitions of the R5 cross-version extensions the files use,
+ * generated from the R5 core package ({@link XverR5ForR4}). Terminology: in
  * memory only (no terminology server); a code system the engine does not hold (DICOM DCM, SNOMED
  * CT, LOINC, ...) gives a warning, not an error. Structural and profile checks stay on.
  *
@@ -56,6 +58,7 @@ public final class Validate {
 
 		String version = null;
 		Path igDir = null;
+		boolean xverR5 = false;
 		List<Path> files = new ArrayList<>();
 		for (int i = 0; i < args.length; i++) {
 			String arg = args[i];
@@ -63,6 +66,8 @@ public final class Validate {
 				version = args[++i].toLowerCase();
 			} else if (arg.equals("--ig") && i + 1 < args.length) {
 				igDir = Path.of(args[++i]);
+			} else if (arg.equals("--xver-r5-for-r4")) {
+				xverR5 = true;
 			} else if (arg.startsWith("--")) {
 				usage("unknown option: " + arg);
 			} else {
@@ -81,10 +86,13 @@ public final class Validate {
 		if (igDir != null && !"r5".equals(version)) {
 			usage("--ig holds R5 definitions: use it with --fhir-version r5");
 		}
+		if (xverR5 && !"r4".equals(version)) {
+			usage("--xver-r5-for-r4 defines R5 elements for R4: use it with --fhir-version r4");
+		}
 
 		long started = System.nanoTime();
 		FhirContext ctx = "r5".equals(version) ? FhirContext.forR5() : FhirContext.forR4();
-		FhirValidator validator = newValidator(ctx, igDir);
+		FhirValidator validator = newValidator(ctx, igDir, xverR5 ? files : null);
 		// Warm the engine up on a trivial resource, so the load time is reported apart.
 		validator.validateWithResult("{\"resourceType\":\"Basic\",\"code\":{\"text\":\"warm-up\"}}");
 		double loadSeconds = (System.nanoTime() - started) / 1e9;
@@ -115,15 +123,19 @@ public final class Validate {
 	private static void usage(String problem) {
 		System.err.println(problem);
 		System.err.println("usage: java -cp hapi-test-server.jar sr2fhir.hapitest.Validate "
-				+ "--fhir-version r5|r4 [--ig DIR] FILE...");
+				+ "--fhir-version r5|r4 [--ig DIR] [--xver-r5-for-r4] FILE...");
 		System.exit(2);
 	}
 
-	static FhirValidator newValidator(FhirContext ctx, Path igDir) throws IOException {
+	static FhirValidator newValidator(FhirContext ctx, Path igDir, List<Path> xverFiles) throws IOException {
 		ValidationSupportChain chain = new ValidationSupportChain();
-		chain.addValidationSupport(new DefaultProfileValidationSupport(ctx));
+		DefaultProfileValidationSupport core = new DefaultProfileValidationSupport(ctx);
+		chain.addValidationSupport(core);
 		if (igDir != null) {
 			chain.addValidationSupport(loadIg(ctx, igDir));
+		}
+		if (xverFiles != null) {
+			chain.addValidationSupport(xverR5ForR4(ctx, core, xverFiles));
 		}
 		chain.addValidationSupport(new CommonCodeSystemsTerminologyService(ctx));
 		chain.addValidationSupport(new InMemoryTerminologyServerValidationSupport(ctx));
@@ -137,6 +149,26 @@ public final class Validate {
 		FhirValidator validator = ctx.newValidator();
 		validator.registerValidatorModule(module);
 		return validator;
+	}
+
+	/** Definitions of the R5 cross-version extensions that {@code files} use (see {@link XverR5ForR4}). */
+	private static PrePopulatedValidationSupport xverR5ForR4(FhirContext ctx, IValidationSupport core, List<Path> files)
+			throws IOException {
+		List<String> texts = new ArrayList<>();
+		for (Path file : files) {
+			if (Files.isReadable(file)) {
+				texts.add(Files.readString(file, StandardCharsets.UTF_8));
+			}
+		}
+		List<String> log = new ArrayList<>();
+		PrePopulatedValidationSupport xver = new PrePopulatedValidationSupport(ctx);
+		List<IBaseResource> definitions = XverR5ForR4.generate(ctx, core, XverR5ForR4.usedPaths(texts), log);
+		for (IBaseResource definition : definitions) {
+			xver.addStructureDefinition(definition);
+		}
+		log.forEach(line -> System.err.println("xver-r5-for-r4: " + line));
+		System.err.println("xver-r5-for-r4: generated " + definitions.size() + " extension definitions");
+		return xver;
 	}
 
 	private static PrePopulatedValidationSupport loadIg(FhirContext ctx, Path igDir) throws IOException {
