@@ -5,7 +5,7 @@ Every failure is one of three kinds (docs/RELIABILITY.md, "Whose fault is a fail
 table with the reasons):
 
 * **this Bundle's** (:attr:`Outcome.REJECTED`): the server read the transaction and refused its
-  content: 400/409/412/422 with an OperationOutcome, a transaction-response with failed entries,
+  content: 400/412/422 with an OperationOutcome, a transaction-response with failed entries,
   413, a 404 while ``[base]/metadata`` answers;
 * **the endpoint's** (:attr:`Outcome.ENDPOINT`, with an :class:`EndpointProblem`): every Bundle
   would fail the same way: 401 (after the one token refresh), 403, 405, 406, 407, 415, 501,
@@ -13,7 +13,7 @@ table with the reasons):
   OperationOutcome while ``[base]/metadata`` does not answer a CapabilityStatement, a TLS
   verification or handshake failure, a token endpoint that refuses;
 * **transient** (retried by :mod:`fhir_client.retry`, :attr:`Outcome.DEFERRED` once the budget
-  is spent): transport errors, 408, 429, 5xx except 501/505.
+  is spent): transport errors, 408, 409 (contention: we never send If-Match), 429, 5xx except 501/505.
 
 Server text (OperationOutcome diagnostics) is carried in results for the dead-letter
 sidecar; it is not logged here, since servers sometimes echo resource content. A refusal that
@@ -102,7 +102,7 @@ ENDPOINT_STATUS_PROBLEMS: dict[int, EndpointProblem] = {
 }
 """Final statuses that are the endpoint's fault whatever the body says."""
 
-_CONTENT_STATUSES = frozenset({409, 412, 413, 422})
+_CONTENT_STATUSES = frozenset({409, 412, 413, 422})  # 409 only once retries ran out
 """Statuses only a FHIR server sends about the content (or its size): this Bundle's fault."""
 _ASK_BASE_STATUSES = frozenset({404, 410})
 """Ambiguous: a conditional reference not found, or no FHIR server at the base URL."""

@@ -54,7 +54,10 @@ __all__ = [
 
 log = structlog.get_logger()
 
-RETRYABLE_STATUS_CODES = frozenset({408, 429, *(code for code in range(500, 600) if code not in (501, 505))})
+RETRYABLE_STATUS_CODES = frozenset({408, 409, 429, *(code for code in range(500, 600) if code not in (501, 505))})
+# 409: we never send If-Match, so a conflict is contention, not our content: HAPI FHIR answers 409
+# (HAPI-0550/0825 "client-assigned ID constraint failure ... multiple client threads") when two
+# transactions create the same shared Device or Practitioner at once; the retry succeeds.
 """HTTP statuses that mean "try again later"."""
 
 RETRYABLE_TRANSPORT_ERRORS: tuple[type[httpx.TransportError], ...] = (

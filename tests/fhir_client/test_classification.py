@@ -100,7 +100,6 @@ TABLE = [
     ("405", html(405), True, Outcome.ENDPOINT, EndpointProblem.METHOD_NOT_ALLOWED, [POST]),
     ("406", fhir_json(406), True, Outcome.ENDPOINT, EndpointProblem.FORMAT_REFUSED, [POST]),
     ("407 proxy authentication", html(407), True, Outcome.ENDPOINT, EndpointProblem.UNAUTHORIZED, [POST]),
-    ("409 with an OperationOutcome", fhir_json(409, OO), False, Outcome.REJECTED, None, [POST]),
     ("410 gone, metadata answers", fhir_json(410, OO), True, Outcome.REJECTED, None, [POST, METADATA]),
     ("412 with an OperationOutcome", fhir_json(412, OO), False, Outcome.REJECTED, None, [POST]),
     ("413 too large", html(413), False, Outcome.REJECTED, None, [POST]),

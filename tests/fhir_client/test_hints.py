@@ -90,7 +90,7 @@ def test_a_failed_entry_of_a_transaction_response():
     verdict = interpret_transaction_response(fhir_json(200, body))
     assert verdict.outcome is Outcome.REJECTED
     assert verdict.diagnostics.endswith("to fix: the server refuses client-assigned ids: "
-                                        "set fhir.write_mode: conditional-update")
+                                        "set fhir.write_mode: conditional-update (or fhir.server: google | medplum)")
 
 
 def test_endpoint_problems_get_no_hint():

@@ -253,7 +253,7 @@ def test_an_item_interrupted_between_chunks_resumes_where_it_stopped(tmp_path, w
         async with client:
             with spool.consumer() as consumer:
                 (item,) = consumer.pending()
-                settled = await process_item(item, consumer, FhirDelivery(client, max_entries_per_request=limit),
+                settled = await process_item(item, consumer, FhirDelivery(client, max_entries_per_request=limit, version="r5"),
                                              options, asyncio.Event(), ForwarderStats())
                 return settled, consumer.progress(item)
 
@@ -267,7 +267,7 @@ def test_an_item_interrupted_between_chunks_resumes_where_it_stopped(tmp_path, w
         async with client:
             with spool.consumer() as consumer:
                 (item,) = consumer.pending()
-                settled = await process_item(item, consumer, FhirDelivery(client, max_entries_per_request=limit),
+                settled = await process_item(item, consumer, FhirDelivery(client, max_entries_per_request=limit, version="r5"),
                                              options, stop, ForwarderStats())
                 return settled, consumer.progress(item)
 
@@ -317,7 +317,7 @@ def test_a_refusal_naming_the_entry_limit_is_dead_lettered_with_the_setting_to_c
         async with client:
             with spool.consumer() as consumer:
                 (item,) = consumer.pending()
-                return await process_item(item, consumer, FhirDelivery(client), MappingOptions(), asyncio.Event(),
+                return await process_item(item, consumer, FhirDelivery(client, version="r5"), MappingOptions(), asyncio.Event(),
                                           ForwarderStats())
 
     assert run(go()) == "dead_lettered"
