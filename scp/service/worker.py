@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
@@ -134,7 +134,10 @@ async def forward(settings: Settings) -> int:
             log.info("worker_started", target="outbox", outbox_directory=str(settings.fhir.outbox_directory))
             stats = await forward_to(OutboxDelivery(settings.fhir.outbox_directory, settings.fhir.version))
         else:
-            log.info("worker_started", target="fhir", base_url=str(settings.fhir.base_url))
+            fhir = settings.fhir
+            log.info("worker_started", target="fhir", base_url=str(fhir.base_url), server=fhir.server,
+                     fhir_version=fhir.version, write_mode=fhir.write_mode,
+                     max_entries_per_request=fhir.max_entries_per_request)
             async with FhirClient(settings.fhir, shutdown=stop, sleep=metrics.wrap_sleep(asyncio.sleep)) as client:
                 delivery = FhirDelivery(client, settings.fhir.reference_mode,
                                         settings.fhir.max_entries_per_request, settings.fhir.version)
@@ -145,7 +148,7 @@ async def forward(settings: Settings) -> int:
                 if audit.send_to_fhir and audit.path is not None:
                     shipper = AuditShipper(audit.path, batch_size=audit.send_batch_size)
                     shipping = asyncio.create_task(shipper.run(client, stop, interval_s=audit.send_interval_s,
-                                                               paused=lambda: hold.held))
+                                                               paused=_audit_paused(hold, delivery)))
                 stats = await forward_to(delivery, hold)
                 if shipping is not None:
                     await shipping
@@ -157,6 +160,23 @@ async def forward(settings: Settings) -> int:
         if audit_log is not None:
             audit_log.close()
     return 0
+
+
+def _audit_paused(hold: DeliveryHold, delivery: FhirDelivery) -> Callable[[], bool]:
+    """When the audit shipper must wait: delivery is held, the release is not known yet, or the
+    server speaks R4 (the trail is R5 AuditEvents: they stay in ``audit.path``, said once)."""
+    told = False
+
+    def paused() -> bool:
+        nonlocal told
+        release = delivery.versions.release
+        if release == "r4" and not told:
+            told = True
+            log.warning("audit_not_sent_to_fhir", reason="the FHIR server speaks R4 and the audit trail holds "
+                        "FHIR R5 AuditEvents; they stay in audit.path")
+        return hold.held or release != "r5"
+
+    return paused
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -75,3 +75,21 @@ def test_a_metadata_answer_without_a_capability_statement_names_the_problem(code
         (answer,) = resolve(proxy.base_url, "auto")
     assert isinstance(answer, SendResult) and answer.endpoint_problem is problem
     assert answer.status_code == code
+
+
+def test_the_audit_trail_is_shipped_only_to_an_r5_server_and_an_r4_one_is_said_once(capsys):
+    from types import SimpleNamespace
+
+    from scp.service.worker import _audit_paused
+
+    hold = SimpleNamespace(held=False)
+    delivery = SimpleNamespace(versions=SimpleNamespace(release=None))
+    paused = _audit_paused(hold, delivery)
+    assert paused()  # the server's release is not known yet
+    delivery.versions.release = "r5"
+    assert not paused()
+    hold.held = True
+    assert paused()
+    hold.held, delivery.versions.release = False, "r4"
+    assert paused() and paused()
+    assert capsys.readouterr().out.count("audit_not_sent_to_fhir") == 1
