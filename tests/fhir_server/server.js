@@ -20,7 +20,6 @@ globalThis.WebSocket ??= class WebSocket {
 const http = require('node:http');
 const { FhirRouter } = require('@medplum/fhir-router');
 const { allOk, errorResult, FhirEngine, outcome } = require('./lib/engine');
-const { BundleProcessor } = require('./lib/bundles');
 const { capabilityStatement, loadR5Definitions } = require('./lib/definitions');
 const { R5MemoryRepository } = require('./lib/repository');
 
@@ -61,7 +60,8 @@ function parseArgs(argv) {
   return args;
 }
 
-/** Runs handlers one at a time: each request (a transaction included) sees a consistent store. */
+/** Runs handlers one at a time: no two requests interleave their reads and writes. (This does
+ * not make a transaction atomic: an entry that fails leaves the earlier ones written.) */
 class SerialQueue {
   constructor() {
     this.tail = Promise.resolve();
@@ -183,10 +183,8 @@ async function handle(req, raw, app) {
     return { status: 200, resource: app.capabilityStatement };
   }
   const body = parseBody(req, raw);
-  if (relative === '' && method === 'POST') {
-    const processor = new BundleProcessor(app.engine, { prefer: preferredReturn(req) });
-    return { status: 200, resource: await processor.process(body) };
-  }
+  // POST to the base (a transaction or batch Bundle) goes to Medplum's own processor, through
+  // the FhirRouter's 'batch' route, like any other interaction (engine.js, callHandler).
   return app.engine.execute({ method, url: relative + url.search, body, headers: requestHeaders(req) });
 }
 

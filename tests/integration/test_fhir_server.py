@@ -2,6 +2,11 @@
 
 One server serves the whole module (``fhir_server`` is session-scoped), so tests that share
 it assert on what their own Bundle adds, not on absolute counts.
+
+Transactions go through Medplum's own processor (fhir-router batch.ts), which refuses more than
+50 updates in a transaction and more than 8 entries once one is conditional: Bundles larger
+than that are sent the way the daemon sends them with ``fhir.max_entries_per_request``, split by
+:func:`fhir_client.chunks.split_transaction`.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from fhir_client.chunks import split_transaction
 from mapping import MappingOptions, map_sr, serialize
 from tests.support import sr_builders as sr
 from tests.support.fault_proxy import DROP, PASS, FaultProxy, delay, operation_outcome, reject_type, status
@@ -27,6 +33,8 @@ FHIR_HEADERS = {"Content-Type": "application/fhir+json", "Accept": "application/
 GROUP_PROFILE = "http://hl7.org/fhir/uv/dicom-sr/StructureDefinition/imaging-measurement-group"
 DELAY_S = 0.2
 CLOCK_SLACK_S = 0.001  # asyncio may wake a timer up to its clock resolution early
+MEDPLUM_MAX_UPDATES = 50  # fhir-router batch.ts maxUpdates
+MEDPLUM_MAX_CONDITIONAL_ENTRIES = 8  # fhir-router batch.ts maxSerializableTransactionEntries
 
 
 def post_transaction(base_url: str, bundle: dict) -> httpx.Response:
@@ -41,17 +49,28 @@ def transaction_response(response: httpx.Response) -> dict:
     return body
 
 
+def deliver(base_url: str, bundle: dict, max_entries: int) -> tuple[dict, list[dict]]:
+    """``bundle`` sent as transactions of at most ``max_entries`` entries, in order; the
+    transaction-responses' entries as one Bundle, and the entries sent (in the same order)."""
+    sent: list[dict] = []
+    answered: list[dict] = []
+    for chunk in split_transaction(bundle, max_entries):
+        answered.extend(transaction_response(post_transaction(base_url, chunk))["entry"])
+        sent.extend(chunk["entry"])
+    return {"resourceType": "Bundle", "type": "transaction-response", "entry": answered}, sent
+
+
 def statuses(response_bundle: dict) -> collections.Counter[str]:
     return collections.Counter(entry["response"]["status"] for entry in response_bundle["entry"])
 
 
-def targets(bundle: dict) -> list[tuple[str, str]]:
-    """(resourceType, id) of each PUT entry, in Bundle order."""
-    return [tuple(entry["request"]["url"].split("/")) for entry in bundle["entry"]]  # type: ignore[misc]
+def targets(entries: list[dict]) -> list[tuple[str, str]]:
+    """(resourceType, id) of each PUT entry, in order."""
+    return [tuple(entry["request"]["url"].split("/")) for entry in entries]  # type: ignore[misc]
 
 
 def locations(response_bundle: dict) -> list[tuple[str, str]]:
-    """(resourceType, id) of each entry's response.location (the _history part dropped)."""
+    """(resourceType, id) of each entry's response.location (Medplum's is ``Type/id``)."""
     return [tuple(entry["response"]["location"].split("/")[:2]) for entry in response_bundle["entry"]]  # type: ignore[misc]
 
 
@@ -78,9 +97,10 @@ def every_profile_bundle() -> dict:
 
 
 @pytest.fixture(scope="module")
-def first_delivery(fhir_server: FhirServer, every_profile_bundle: dict) -> dict:  # noqa: F811
-    """The every-profile Bundle POSTed once; its transaction-response."""
-    return transaction_response(post_transaction(fhir_server.base_url, every_profile_bundle))
+def first_delivery(fhir_server: FhirServer, every_profile_bundle: dict) -> tuple[dict, list[dict]]:  # noqa: F811
+    """The every-profile Bundle (89 PUTs) sent once in transactions of at most 50 entries:
+    the transaction-responses and the entries sent."""
+    return deliver(fhir_server.base_url, every_profile_bundle, MEDPLUM_MAX_UPDATES)
 
 
 class TestServer:
@@ -109,7 +129,9 @@ class TestServer:
         assert created.headers["location"] == f"{url}/_history/1" and updated.headers["etag"] == 'W/"2"'
         assert missing.status_code == 404 and missing.json()["resourceType"] == "OperationOutcome"
 
-    def test_a_failing_entry_fails_the_whole_transaction(self, fhir_server):  # noqa: F811
+    def test_a_failing_entry_fails_the_transaction_but_entries_before_it_stay(self, fhir_server):  # noqa: F811
+        # Medplum's processor is not atomic over MemoryRepository (its withTransaction only runs
+        # the callback): the PUT before the invalid one stays written.
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
             {"fullUrl": "urn:uuid:3f1d7c52-1a3e-4a43-9a53-8f0b1b5d0001",
              "resource": {"resourceType": "Practitioner", "id": "atomic-1"},
@@ -122,15 +144,48 @@ class TestServer:
         response = post_transaction(fhir_server.base_url, bundle)
 
         assert response.status_code == 400
-        assert "notAnR5Element" in response.text and "Bundle.entry[1]" in response.text
-        assert fhir_server.get("Practitioner", "atomic-1") is None
+        assert response.json()["issue"][0]["expression"] == ["Device.notAnR5Element"]
+        assert fhir_server.get("Practitioner", "atomic-1") is not None
+        assert fhir_server.get("Device", "atomic-2") is None
+
+    def test_medplum_limits_are_refused_with_medplum_words(self, fhir_server):  # noqa: F811
+        def practitioner(n: int, conditional: bool = False) -> dict:
+            value = f"conditional-{n}" if conditional else str(n)
+            resource = {"resourceType": "Practitioner",
+                        "identifier": [{"system": "urn:example:limits", "value": value}]}
+            if conditional:
+                return {"fullUrl": f"urn:uuid:00000000-0000-4000-8000-{n:012d}", "resource": resource,
+                        "request": {"method": "PUT", "url": f"Practitioner?identifier=urn:example:limits|{value}"}}
+            resource["id"] = f"limits-{n}"
+            return {"resource": resource, "request": {"method": "PUT", "url": f"Practitioner/limits-{n}"}}
+
+        def transaction(entries: list[dict]) -> dict:
+            return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+        too_many_updates = post_transaction(fhir_server.base_url, transaction(
+            [practitioner(n) for n in range(MEDPLUM_MAX_UPDATES + 1)]))
+        too_many_conditional = post_transaction(fhir_server.base_url, transaction(
+            [practitioner(n, conditional=True) for n in range(MEDPLUM_MAX_CONDITIONAL_ENTRIES + 1)]))
+        at_the_limits = [post_transaction(fhir_server.base_url, transaction(entries)) for entries in (
+            [practitioner(n) for n in range(MEDPLUM_MAX_UPDATES)],
+            [practitioner(n, conditional=True) for n in range(MEDPLUM_MAX_CONDITIONAL_ENTRIES)])]
+
+        assert too_many_updates.status_code == 400
+        assert "Transaction contains more update operations than allowed" in too_many_updates.text
+        assert too_many_conditional.status_code == 400
+        assert "Transaction requires strict isolation but has too many entries" in too_many_conditional.text
+        assert [response.status_code for response in at_the_limits] == [200, 200]
+        assert fhir_server.count("Practitioner", {"identifier": "urn:example:limits|"}) == \
+            MEDPLUM_MAX_UPDATES + MEDPLUM_MAX_CONDITIONAL_ENTRIES
 
 
 class TestEveryProfileReport:
     def test_every_entry_is_stored(self, first_delivery, every_profile_bundle):
-        assert len(first_delivery["entry"]) == len(every_profile_bundle["entry"])
-        assert set(statuses(first_delivery)) <= {"200 OK", "201 Created"}
-        assert locations(first_delivery) == targets(every_profile_bundle)
+        response, sent = first_delivery
+        assert len(response["entry"]) == len(sent) == len(every_profile_bundle["entry"])
+        # Medplum answers 200 (not 201) for a PUT Type/id that created the resource
+        assert statuses(response) == {"200": len(sent)}
+        assert locations(response) == targets(sent)
 
     def test_every_resource_reads_back_as_sent(self, fhir_server, first_delivery, every_profile_bundle):  # noqa: F811
         full_urls = {entry["fullUrl"]: entry["request"]["url"] for entry in every_profile_bundle["entry"]}
@@ -180,10 +235,10 @@ class TestEveryProfileReport:
     def test_sending_it_again_creates_nothing(self, fhir_server, first_delivery, every_profile_bundle):  # noqa: F811
         before = counts(fhir_server, every_profile_bundle)
 
-        again = transaction_response(post_transaction(fhir_server.base_url, every_profile_bundle))
+        again, _ = deliver(fhir_server.base_url, every_profile_bundle, MEDPLUM_MAX_UPDATES)
 
-        assert statuses(again) == {"200 OK": len(every_profile_bundle["entry"])}
-        assert locations(again) == locations(first_delivery)
+        assert statuses(again) == {"200": len(every_profile_bundle["entry"])}
+        assert locations(again) == locations(first_delivery[0])
         assert counts(fhir_server, every_profile_bundle) == before
 
 
@@ -191,11 +246,11 @@ def test_conditional_mode_twice_stores_each_resource_once(fresh_fhir_server):  #
     bundle = map_sr(every_profile_report(), MappingOptions(write_mode="conditional")).bundle
     per_type = collections.Counter(entry["resource"]["resourceType"] for entry in bundle["entry"])
 
-    first = transaction_response(post_transaction(fresh_fhir_server.base_url, bundle))
-    second = transaction_response(post_transaction(fresh_fhir_server.base_url, bundle))
+    first, _ = deliver(fresh_fhir_server.base_url, bundle, MEDPLUM_MAX_CONDITIONAL_ENTRIES)
+    second, _ = deliver(fresh_fhir_server.base_url, bundle, MEDPLUM_MAX_CONDITIONAL_ENTRIES)
 
-    assert statuses(first) == {"201 Created": len(bundle["entry"])}
-    assert statuses(second) == {"200 OK": len(bundle["entry"])}
+    assert statuses(first) == {"201": len(bundle["entry"])}
+    assert statuses(second) == {"200": len(bundle["entry"])}
     assert locations(second) == locations(first)
     assert counts(fresh_fhir_server, bundle) == dict(per_type)
     for entry in bundle["entry"]:
@@ -207,12 +262,12 @@ def test_a_60_group_report_is_stored_whole(fhir_server):  # noqa: F811
     bundle = map_sr(sr.large_report(60, 4)).bundle
     assert len(bundle["entry"]) > 800
 
-    response = transaction_response(post_transaction(fhir_server.base_url, bundle))
+    response, sent = deliver(fhir_server.base_url, bundle, MEDPLUM_MAX_UPDATES)
 
     assert len(response["entry"]) == len(bundle["entry"])
-    assert set(statuses(response)) <= {"200 OK", "201 Created"}
+    assert statuses(response) == {"200": len(bundle["entry"])}
     expected: dict[str, set[str]] = collections.defaultdict(set)
-    for resource_type, resource_id in targets(bundle):
+    for resource_type, resource_id in targets(sent):
         expected[resource_type].add(resource_id)
     for resource_type, ids in expected.items():
         stored = {resource["id"] for resource in fhir_server.search(resource_type, {"_elements": "id"})}
@@ -235,7 +290,7 @@ class TestFaultProxy:
 
     def test_a_503_then_pass_is_in_the_log(self, proxy, client, every_profile_bundle):
         proxy.push(status(503, {"Retry-After": "0"}), PASS)
-        body = serialize(every_profile_bundle)
+        body = serialize(split_transaction(every_profile_bundle, MEDPLUM_MAX_UPDATES)[0])
 
         refused = client.post(f"{proxy.base_url}/", content=body)
         accepted = client.post(f"{proxy.base_url}/", content=body)

@@ -1,11 +1,13 @@
 'use strict';
-// One FHIR interaction in, one result out: what the HTTP layer and the Bundle processor share.
+// One FHIR interaction in, one result out, for the HTTP layer.
 //
 // Medplum's route handlers do the work (create, read, vread, update, patch, delete, history,
-// conditional create/update/delete). This layer adds what a server owes its clients on top:
-// 201 for an update that created, Location/ETag/Last-Modified, known resource types only,
-// and searches that refuse what the in-memory matcher would silently get wrong (unknown
-// parameters, chains, _include, number/quantity/composite parameters, unsupported modifiers).
+// conditional create/update/delete, and transaction/batch Bundles: fhir-router batch.ts). This
+// layer adds what a server owes its clients on top of single interactions: 201 for an update
+// that created, Location/ETag/Last-Modified, known resource types only, and searches that refuse
+// what the in-memory matcher would silently get wrong (unknown parameters, chains, _include,
+// number/quantity/composite parameters, unsupported modifiers). None of that applies inside a
+// Bundle: Medplum's processor calls its route handlers directly.
 
 const {
   allOk,
@@ -102,8 +104,8 @@ class FhirEngine {
    * Execute one non-Bundle interaction.
    * @param {{ method: string, url: string, body?: any, headers?: Record<string, string> }} request
    *   url is relative to the base and may carry a query string
-   * @param {{ assignedId?: boolean }} options assignedId: a create keeps the id the caller set
-   *   (the Bundle processor pre-assigns ids); otherwise the server assigns one
+   * @param {{ assignedId?: boolean }} options assignedId: a create keeps the id the caller set;
+   *   otherwise the server assigns one
    * @returns {Promise<{ status: number, resource?: any, outcome?: any, location?: string, etag?: string, lastModified?: string }>}
    */
   async execute(request, options = {}) {
@@ -144,8 +146,13 @@ class FhirEngine {
         }
         return this.callHandler(route, request, options);
       case 'batch':
-      case 'transaction':
-        throw fail(400, 'not-supported', 'A Bundle cannot be nested inside a transaction or batch');
+        // Medplum's processBatch (fhir-router batch.ts), unchanged; config.transactions is the
+        // project feature flag that Medplum's server sets for projects with 'transaction'
+        // enabled: without it a transaction Bundle is processed as a batch (batch.ts isTransaction).
+        if (request.body === null || typeof request.body !== 'object') {
+          throw fail(400, 'invalid', 'POST to the base URL needs a Bundle');
+        }
+        return this.callHandler(route, request, options);
       default:
         return this.callHandler(route, request, options);
     }

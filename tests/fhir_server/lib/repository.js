@@ -8,9 +8,21 @@
 //   whatever the client put there is ignored.
 // - readHistory returns newest first without reordering the stored history (Medplum's
 //   reverses the stored array in place on every call).
-// - snapshot()/restore() let the transaction processor make a transaction all-or-nothing.
+// - A conditional reference (Reference.reference "Type?query") is replaced by a reference to
+//   its single match on every write, 400 when it matches none or several, as Medplum's server
+//   repository does (medplum/medplum packages/server/src/fhir/references.ts,
+//   replaceConditionalReferences / resolveReplacementReference, called from repo.ts
+//   updateResourceImpl on create and update); MemoryRepository does not.
+// withTransaction is MemoryRepository's: it just runs the callback (no rollback).
 
-const { deepClone, validateResource } = require('@medplum/core');
+const {
+  badRequest,
+  createReference,
+  deepClone,
+  OperationOutcomeError,
+  parseSearchRequest,
+  validateResource,
+} = require('@medplum/core');
 const { MemoryRepository } = require('@medplum/fhir-router');
 
 class R5MemoryRepository extends MemoryRepository {
@@ -20,7 +32,8 @@ class R5MemoryRepository extends MemoryRepository {
     this.validate = validate;
   }
 
-  async createResource(resource) {
+  async createResource(input) {
+    const resource = await this.replaceConditionalReferences(deepClone(input));
     const id = resource.id || this.generateId();
     const versions = this.history.get(resource.resourceType)?.get(id)?.length ?? 0;
     const stored = {
@@ -32,6 +45,34 @@ class R5MemoryRepository extends MemoryRepository {
       validateResource(stored); // throws OperationOutcomeError on errors; warnings are dropped
     }
     return super.createResource(stored);
+  }
+
+  /** Medplum server's replaceConditionalReferences: every Reference whose reference holds a '?'. */
+  async replaceConditionalReferences(value, path = value?.resourceType ?? '') {
+    if (Array.isArray(value)) {
+      for (let i = 0; i < value.length; i++) {
+        value[i] = await this.replaceConditionalReferences(value[i], `${path}[${i}]`);
+      }
+      return value;
+    }
+    if (value === null || typeof value !== 'object') {
+      return value;
+    }
+    if (typeof value.reference === 'string' && value.reference.includes('?')) {
+      const search = parseSearchRequest(value.reference);
+      search.sortRules = undefined;
+      search.count = 2;
+      const matches = await this.searchResources(search);
+      if (matches.length !== 1) {
+        const what = matches.length ? 'matched multiple' : 'did not match any';
+        throw new OperationOutcomeError(badRequest(`Conditional reference '${value.reference}' ${what} resources`, path));
+      }
+      return createReference(matches[0]);
+    }
+    for (const key of Object.keys(value)) {
+      value[key] = await this.replaceConditionalReferences(value[key], path ? `${path}.${key}` : key);
+    }
+    return value;
   }
 
   async exists(resourceType, id) {
@@ -47,26 +88,6 @@ class R5MemoryRepository extends MemoryRepository {
       total: versions.length,
       entry: versions.map((version) => ({ resource: deepClone(version) })),
     };
-  }
-
-  snapshot() {
-    return {
-      resources: new Map([...this.resources].map(([type, byId]) => [type, new Map(byId)])),
-      history: new Map(
-        [...this.history].map(([type, byId]) => [type, new Map([...byId].map(([id, vs]) => [id, [...vs]]))])
-      ),
-    };
-  }
-
-  restore(snapshot) {
-    this.resources.clear();
-    this.history.clear();
-    for (const [type, byId] of snapshot.resources) {
-      this.resources.set(type, byId);
-    }
-    for (const [type, byId] of snapshot.history) {
-      this.history.set(type, byId);
-    }
   }
 }
 
