@@ -72,7 +72,7 @@ async def post_all(base_url: str, bundles: list[bytes], concurrency: int) -> flo
 def through_sr2fhir(files: list[Path], work: Path, base_url: str, concurrency: int) -> float:
     """Seconds from the first C-STORE until HAPI acknowledged the last Bundle."""
     work.mkdir()
-    config = write_config(work, fhir={"base_url": base_url, "server": "hapi",
+    config = write_config(work, fhir={"base_url": base_url, "server": "hapi", "version": "auto",
                                       "retry": {"initial_backoff_s": 0.05, "max_backoff_s": 0.5, "jitter_s": 0.05}},
                           forwarder={"concurrency": concurrency, "poll_interval_s": 0.05})
     daemon = QuietDaemon(config).start()

@@ -18,6 +18,7 @@ import structlog
 from fhir_client import EndpointProblem, FhirClient, Outcome, SendResult
 from fhir_client.errors import FhirClientError, TokenRequestError, UnexpectedResponseError
 from fhir_client.releases import FhirRelease, release_of
+from fhir_client.retry import RETRYABLE_STATUS_CODES
 
 __all__ = ["FhirRelease", "VersionResolver", "release_of"]
 
@@ -63,8 +64,12 @@ class VersionResolver:
         except TokenRequestError as exc:
             return _endpoint(EndpointProblem.TOKEN_REFUSED, exc.status_code, f"token request failed: {exc}")
         except UnexpectedResponseError as exc:
-            problem = {401: EndpointProblem.UNAUTHORIZED, 407: EndpointProblem.UNAUTHORIZED,
-                       403: EndpointProblem.FORBIDDEN}.get(exc.status_code or 0, EndpointProblem.NOT_FHIR)
+            code = exc.status_code or 0
+            if code in RETRYABLE_STATUS_CODES:  # 503 while the server starts, 429, ...: not there yet
+                problem = EndpointProblem.UNREACHABLE
+            else:
+                problem = {401: EndpointProblem.UNAUTHORIZED, 407: EndpointProblem.UNAUTHORIZED,
+                           403: EndpointProblem.FORBIDDEN}.get(code, EndpointProblem.NOT_FHIR)
             return _endpoint(problem, exc.status_code, str(exc))
         except (httpx.HTTPError, FhirClientError, OSError) as exc:
             return _endpoint(EndpointProblem.UNREACHABLE, None,

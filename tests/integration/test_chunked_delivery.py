@@ -113,7 +113,7 @@ def test_a_worker_killed_between_chunks_resends_only_the_chunks_not_acknowledged
     acknowledged = 3  # chunks 1-3 pass; the 4th request is held while the worker is killed
     held = Hold()
     with FaultProxy(server.base_url) as proxy:
-        proxy.push(PASS, *[PASS] * acknowledged, held)  # GET metadata first (fhir.version: auto)
+        proxy.push(*[PASS] * acknowledged, held)
         with DaemonProcess(config(tmp_path, proxy.base_url, write_mode)) as daemon:
             assert send(daemon.port, ds) == [0x0000]
             assert held.arrived.wait(60), "the fourth chunk never came"

@@ -45,7 +45,7 @@ def corpus() -> dict[str, Dataset]:
 
 
 def hapi_config(tmp_path, base_url: str, **fhir: Any):
-    return write_config(tmp_path, fhir={"base_url": base_url, "server": "hapi", **FAST_RETRY, **fhir},
+    return write_config(tmp_path, fhir={"base_url": base_url, "server": "hapi", "version": "auto", **FAST_RETRY, **fhir},
                         forwarder={"poll_interval_s": 0.05, "concurrency": 4})
 
 

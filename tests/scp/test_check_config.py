@@ -53,7 +53,7 @@ def capability(fhir_version: str, *types: str, transaction: bool = True) -> byte
 def check_against(tmp_path, capsys, body: bytes, **fhir) -> tuple[int, list[str]]:
     with FaultProxy("http://127.0.0.1:9") as proxy:
         proxy.set_mode(status(200, {"Content-Type": "application/fhir+json"}, body))
-        return run(capsys, write_config(tmp_path, fhir={"base_url": proxy.base_url, **fhir}))
+        return run(capsys, write_config(tmp_path, fhir={"base_url": proxy.base_url, "version": "auto", **fhir}))
 
 
 def test_an_r4_server_passes_when_it_has_what_r4_output_needs(tmp_path, capsys):

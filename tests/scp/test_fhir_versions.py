@@ -68,7 +68,8 @@ def test_an_unreachable_server_is_an_endpoint_problem():
 
 
 @pytest.mark.parametrize(("code", "problem"), [(401, EndpointProblem.UNAUTHORIZED), (403, EndpointProblem.FORBIDDEN),
-                                               (404, EndpointProblem.NOT_FHIR), (200, EndpointProblem.NOT_FHIR)])
+                                               (404, EndpointProblem.NOT_FHIR), (200, EndpointProblem.NOT_FHIR),
+                                               (503, EndpointProblem.UNREACHABLE), (429, EndpointProblem.UNREACHABLE)])
 def test_a_metadata_answer_without_a_capability_statement_names_the_problem(code, problem):
     with FaultProxy("http://127.0.0.1:9") as proxy:
         proxy.set_mode(status(code, {"Content-Type": "text/html"}, b"<html>login</html>"))

@@ -26,7 +26,9 @@ def write_config(directory: Path, **sections: dict[str, Any]) -> Path:
     config: dict[str, Any] = {
         "dicom": {"host": "127.0.0.1", "port": 0, "ae_title": "SR2FHIR"},
         "spool": {"directory": str(directory / "spool"), "min_free_bytes": 0},
-        "fhir": {"outbox_directory": str(directory / "outbox")},
+        # The release is fixed, so no GET [base]/metadata comes before the first transaction (tests
+        # that script a fault proxy request by request); fhir.version: auto is tested on its own.
+        "fhir": {"outbox_directory": str(directory / "outbox"), "version": "r5"},
         "forwarder": {"poll_interval_s": 0.05},
         "log": {"format": "json", "level": "info"},
     }
