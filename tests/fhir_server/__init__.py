@@ -13,17 +13,11 @@ See README.md for what the server does and does not do.
 from __future__ import annotations
 
 import fcntl
-import os
-import selectors
 import shutil
 import subprocess
-import tempfile
-import time
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any
 
-import httpx
+from tests.support.loopback_server import LoopbackFhirServer, LoopbackServerError
 
 __all__ = ["FhirServer", "FhirServerError", "SERVER_DIR", "ensure_node_modules"]
 
@@ -31,11 +25,9 @@ SERVER_DIR = Path(__file__).resolve().parent
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 5.0
 INSTALL_TIMEOUT_S = 600.0
-PAGE_SIZE = 1000
-_LISTENING = b"LISTENING "
 
 
-class FhirServerError(RuntimeError):
+class FhirServerError(LoopbackServerError):
     """The test server could not be installed, started or queried."""
 
 
@@ -84,149 +76,23 @@ def _node_modules_stale() -> bool:
     return not marker.exists() or marker.stat().st_mtime < lock_file.stat().st_mtime
 
 
-class FhirServer:
+class FhirServer(LoopbackFhirServer):
     """One ``server.js`` process: an empty in-memory FHIR R5 store at :attr:`base_url`.
 
     ``validate=False`` passes ``--no-validate`` (the server then stores resources it
     would otherwise refuse as structurally invalid R5).
     """
 
+    label = "FHIR test server"
+    error = FhirServerError
+    base_path = "/fhir/R5"
+    stop_timeout_s = STOP_TIMEOUT_S
+
     def __init__(self, *, validate: bool = True, startup_timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+        super().__init__(startup_timeout_s)
         self._validate = validate
-        self._startup_timeout_s = startup_timeout_s
-        self._process: subprocess.Popen[bytes] | None = None
-        self._stderr: IO[bytes] | None = None
-        self._http: httpx.Client | None = None
-        self.port: int | None = None
 
-    @property
-    def base_url(self) -> str:
-        """``http://127.0.0.1:<port>/fhir/R5`` (no trailing slash)."""
-        if self.port is None:
-            raise FhirServerError("the FHIR test server is not running")
-        return f"http://127.0.0.1:{self.port}/fhir/R5"
-
-    def __enter__(self) -> FhirServer:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        if self._process is not None:
-            raise FhirServerError("the FHIR test server is already running")
+    def command(self) -> tuple[list[str], Path]:
         node = _require_program("node")
         ensure_node_modules()
-        args = [node, "server.js", "--port", "0"] + ([] if self._validate else ["--no-validate"])
-        self._stderr = tempfile.TemporaryFile()
-        self._process = subprocess.Popen(
-            args, cwd=SERVER_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-        )
-        try:
-            self.port = self._read_port()
-        except BaseException:
-            self.stop()
-            raise
-        self._http = httpx.Client(base_url=self.base_url, headers={"Accept": "application/fhir+json"}, timeout=60.0)
-
-    def _read_port(self) -> int:
-        assert self._process is not None and self._process.stdout is not None
-        stdout = self._process.stdout
-        deadline = time.monotonic() + self._startup_timeout_s
-        received = b""
-        with selectors.DefaultSelector() as selector:
-            selector.register(stdout, selectors.EVENT_READ)
-            while b"\n" not in received:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise FhirServerError(
-                        f"the FHIR test server printed no LISTENING line within {self._startup_timeout_s:g} s"
-                        + self._stderr_excerpt()
-                    )
-                if not selector.select(remaining):
-                    continue
-                chunk = os.read(stdout.fileno(), 4096)
-                if not chunk:
-                    code = self._process.wait(timeout=STOP_TIMEOUT_S)
-                    raise FhirServerError(f"the FHIR test server exited with code {code} before listening"
-                                          + self._stderr_excerpt())
-                received += chunk
-        line = received.split(b"\n", 1)[0].strip()
-        if not line.startswith(_LISTENING) or not line[len(_LISTENING):].isdigit():
-            raise FhirServerError(f"unexpected first line from the FHIR test server: {line!r}" + self._stderr_excerpt())
-        return int(line[len(_LISTENING):])
-
-    def stderr_text(self) -> str:
-        """Everything the server wrote to stderr so far (one line per request)."""
-        if self._stderr is None:
-            return ""
-        self._stderr.seek(0)
-        return self._stderr.read().decode("utf-8", "replace")
-
-    def _stderr_excerpt(self, limit: int = 4000) -> str:
-        text = self.stderr_text().strip()
-        return f"\n--- server stderr ---\n{text[-limit:]}" if text else ""
-
-    def stop(self) -> None:
-        """Close stdin (the server exits on it), then terminate, then kill; idempotent."""
-        if self._http is not None:
-            self._http.close()
-            self._http = None
-        process, self._process = self._process, None
-        if process is not None:
-            for stream in (process.stdin, process.stdout):
-                if stream is not None:
-                    stream.close()
-            try:
-                process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.terminate()
-                try:
-                    process.wait(timeout=STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-        if self._stderr is not None:
-            self._stderr.close()
-            self._stderr = None
-        self.port = None
-
-    # -- queries -------------------------------------------------------------------
-
-    def _client(self) -> httpx.Client:
-        if self._http is None:
-            raise FhirServerError("the FHIR test server is not running")
-        return self._http
-
-    def search(self, resource_type: str, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
-        """Every matching resource, following ``next`` links."""
-        query = {"_count": str(PAGE_SIZE), **(params or {})}
-        response = self._client().get(f"/{resource_type}", params=query)
-        resources: list[dict[str, Any]] = []
-        while True:
-            bundle = self._json(response, f"search {resource_type}")
-            resources += [entry["resource"] for entry in bundle.get("entry", [])]
-            next_url = next((link["url"] for link in bundle.get("link", []) if link.get("relation") == "next"), None)
-            if next_url is None:
-                return resources
-            response = self._client().get(next_url)
-
-    def count(self, resource_type: str, params: dict[str, str] | None = None) -> int:
-        """How many resources of that type (matching ``params``) the server holds."""
-        response = self._client().get(f"/{resource_type}", params={**(params or {}), "_summary": "count"})
-        return int(self._json(response, f"count {resource_type}")["total"])
-
-    def get(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
-        """The current version of ``resource_type/resource_id``; None when the server has none."""
-        response = self._client().get(f"/{resource_type}/{resource_id}")
-        if response.status_code in (404, 410):
-            return None
-        return self._json(response, f"read {resource_type}/{resource_id}")
-
-    @staticmethod
-    def _json(response: httpx.Response, what: str) -> dict[str, Any]:
-        if response.status_code != 200:
-            raise FhirServerError(f"{what}: HTTP {response.status_code}: {response.text[:2000]}")
-        return response.json()
+        return [node, "server.js", "--port", "0"] + ([] if self._validate else ["--no-validate"]), SERVER_DIR
