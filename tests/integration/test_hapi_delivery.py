@@ -123,19 +123,25 @@ def report_figure(name: str, n: int, seconds: float, resources: int) -> None:
           f"{n / seconds:.2f} SR/s, {resources / seconds:.0f} resources/s")
 
 
+def deliver_corpus(daemon: DaemonProcess, server, release: str) -> tuple[dict[str, Dataset], dict[tuple[str, str], dict]]:
+    """Deliver the corpus once and check what it left: every resource with its content, references
+    resolving, the release read from the server, no dead letter. Returns (reports, expected)."""
+    reports = corpus()
+    options = MappingOptions(fhir_version=release)
+    expected = by_key([map_sr(ds, options).bundle for ds in reports.values()])
+    seconds = deliver(daemon, list(reports.values()))
+    assert daemon.named("bundle_rejected") == []
+    assert [e["fhir_version"] for e in daemon.named("fhir_version_resolved")] == [release]
+    report_figure(f"HAPI {release.upper()}, one transaction per SR", len(reports), seconds, len(expected))
+    stored = assert_stored(server, expected)
+    assert assert_references_resolve(server, stored) > len(expected)
+    return reports, expected
+
+
 def test_the_corpus_reaches_hapi_r5_whole_and_a_resend_duplicates_nothing(hapi_r5, tmp_path):
     server = hapi_r5
-    reports = corpus()
-    options = MappingOptions(fhir_version="r5")
-    bundles = {name: map_sr(ds, options).bundle for name, ds in reports.items()}
-    expected = by_key(list(bundles.values()))
     with DaemonProcess(hapi_config(tmp_path, server.base_url)) as daemon:
-        seconds = deliver(daemon, list(reports.values()))
-        assert daemon.named("bundle_rejected") == []
-        assert [e["fhir_version"] for e in daemon.named("fhir_version_resolved")] == ["r5"]
-        report_figure("HAPI R5, one transaction per SR", len(reports), seconds, len(expected))
-        stored = assert_stored(server, expected)
-        assert assert_references_resolve(server, stored) > len(expected)
+        reports, expected = deliver_corpus(daemon, server, "r5")
         types = sorted(Counter(t for t, _ in expected))
         assert {"Observation", "ImagingSelection", "Device", "BodyStructure", "Practitioner"} <= set(types)
         before = counts(server, types)
@@ -169,17 +175,8 @@ def test_the_corpus_reaches_hapi_r5_whole_and_a_resend_duplicates_nothing(hapi_r
 
 def test_the_corpus_reaches_hapi_r4_in_r4_shape(hapi_r4, tmp_path):
     server = hapi_r4
-    reports = corpus()
-    options = MappingOptions(fhir_version="r4")
-    bundles = {name: map_sr(ds, options).bundle for name, ds in reports.items()}
-    expected = by_key(list(bundles.values()))
     with DaemonProcess(hapi_config(tmp_path, server.base_url)) as daemon:
-        seconds = deliver(daemon, list(reports.values()))
-        assert daemon.named("bundle_rejected") == []
-        assert [e["fhir_version"] for e in daemon.named("fhir_version_resolved")] == ["r4"]
-        report_figure("HAPI R4, one transaction per SR", len(reports), seconds, len(expected))
-        stored = assert_stored(server, expected)
-        assert_references_resolve(server, stored)
+        reports, expected = deliver_corpus(daemon, server, "r4")
         types = Counter(t for t, _ in expected)
         assert "ImagingSelection" not in types and types["Basic"] > 0
         selections = {i for (t, i), r in expected.items() if t == "Basic"}
