@@ -151,18 +151,25 @@ def pending_records(root: Path) -> list[tuple[int, str]]:
         return []
     delivered = read_delivered(root / DELIVERED_LOG)
     found = []
+    for path, fd in _open_segments(root):
+        found += [(len(record.payload), record.fields.received_at)
+                  for record in read_segment(fd, path.name.removesuffix(SEGMENT_SUFFIX))
+                  if record.item_id not in delivered]
+    return found
+
+
+def _open_segments(root: Path) -> Iterator[tuple[Path, int]]:
+    """Each journal segment still there, opened read-only; closed before the next is opened
+    (a segment removed meanwhile is skipped)."""
     for path in segment_paths(root):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             continue
         try:
-            found += [(len(record.payload), record.fields.received_at)
-                      for record in read_segment(fd, path.name.removesuffix(SEGMENT_SUFFIX))
-                      if record.item_id not in delivered]
+            yield path, fd
         finally:
             os.close(fd)
-    return found
 
 
 def migrate(root: Path, conn: sqlite3.Connection, *, chunk_bytes: int = MIGRATION_CHUNK_BYTES) -> int:
@@ -176,26 +183,21 @@ def migrate(root: Path, conn: sqlite3.Connection, *, chunk_bytes: int = MIGRATIO
         return 0
     delivered = read_delivered(root / DELIVERED_LOG)
     left = imported = removed = 0
-    for path in segment_paths(root):
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-        try:
+    with contextlib.closing(_open_segments(root)) as segments:
+        for path, fd in segments:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                left += 1
-                log.warning("spool_legacy_segment_busy", segment=path.name,
-                            reason="another process holds it (a writer of the previous release?); migrated later")
-                continue
-            imported += _import_segment(conn, fd, path.name, delivered, chunk_bytes)
-        except OSError as exc:
-            raise spool_error(exc, f"cannot migrate journal segment {path.name}") from exc
-        finally:
-            os.close(fd)
-        path.unlink(missing_ok=True)  # after its import committed
-        removed += 1
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    left += 1
+                    log.warning("spool_legacy_segment_busy", segment=path.name,
+                                reason="another process holds it (a writer of the previous release?); migrated later")
+                    continue
+                imported += _import_segment(conn, fd, path.name, delivered, chunk_bytes)
+            except OSError as exc:
+                raise spool_error(exc, f"cannot migrate journal segment {path.name}") from exc
+            path.unlink(missing_ok=True)  # after its import committed (its lock goes with the close)
+            removed += 1
     try:
         if removed:
             fsync_dir(root / JOURNAL_DIR)
