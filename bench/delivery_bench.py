@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -25,10 +26,12 @@ from tests.support.fault_proxy import FaultProxy, delay  # noqa: E402
 from tests.fhir_server import FhirServer  # noqa: E402
 
 
-def run(files: list[Path], work: Path, base_url: str, concurrency: int) -> float:
-    """Seconds from the first C-STORE until the FHIR server acknowledged the last Bundle."""
+def run(files: list[Path], work: Path, base_url: str, concurrency: int, **fhir: Any) -> float:
+    """Seconds from the first C-STORE until the FHIR server acknowledged the last Bundle
+    (``fhir``: more keys of the ``fhir`` section)."""
     work.mkdir()
-    config = write_config(work, fhir={"base_url": base_url}, forwarder={"concurrency": concurrency, "poll_interval_s": 0.05})
+    config = write_config(work, fhir={"base_url": base_url, **fhir},
+                          forwarder={"concurrency": concurrency, "poll_interval_s": 0.05})
     daemon = QuietDaemon(config).start()
     try:
         start = time.perf_counter()

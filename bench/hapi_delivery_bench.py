@@ -30,12 +30,10 @@ import simplejson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import QuietDaemon  # noqa: E402
-from bench.ingest_bench import push  # noqa: E402
+from bench.delivery_bench import run  # noqa: E402
 from mapping import MappingOptions, map_sr  # noqa: E402
 from tests.hapi_server import HapiServer  # noqa: E402
 from tests.support import sr_builders as sr  # noqa: E402
-from tests.support.daemon_process import write_config  # noqa: E402
 
 
 def write_reports(directory: Path, count: int, tag: str) -> list[Path]:
@@ -69,24 +67,6 @@ async def post_all(base_url: str, bundles: list[bytes], concurrency: int) -> flo
         return time.perf_counter() - start
 
 
-def through_sr2fhir(files: list[Path], work: Path, base_url: str, concurrency: int) -> float:
-    """Seconds from the first C-STORE until HAPI acknowledged the last Bundle."""
-    work.mkdir()
-    config = write_config(work, fhir={"base_url": base_url, "server": "hapi", "version": "auto",
-                                      "retry": {"initial_backoff_s": 0.05, "max_backoff_s": 0.5, "jitter_s": 0.05}},
-                          forwarder={"concurrency": concurrency, "poll_interval_s": 0.05})
-    daemon = QuietDaemon(config).start()
-    try:
-        start = time.perf_counter()
-        push(daemon.port, "SR2FHIR", files, 2)
-        delivered = daemon.wait_events("bundle_delivered", len(files), timeout_s=1800, poll_s=0.2)
-        elapsed = time.perf_counter() - start
-        assert all(e["status_code"] == 200 for e in delivered)
-        return elapsed
-    finally:
-        daemon.stop()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=200)
@@ -107,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"HAPI FHIR {release.upper()}: started in {server.startup_seconds:.1f} s; {args.count} SRs of "
                   f"{resources:.0f} resources, concurrency {args.concurrency}")
             base_s = asyncio.run(post_all(server.base_url, bodies, args.concurrency))
-            ours_s = through_sr2fhir(files, work / "run", server.base_url, args.concurrency)
+            ours_s = run(files, work / "run", server.base_url, args.concurrency, server="hapi", version="auto",
+                         retry={"initial_backoff_s": 0.05, "max_backoff_s": 0.5, "jitter_s": 0.05})
             base_rate, ours_rate = args.count / base_s, args.count / ours_s
             print(f"  baseline: httpx POSTs of the same Bundles {base_rate:7.1f} SR/s "
                   f"({base_rate * resources:.0f} resources/s, {base_s:.1f} s)")
