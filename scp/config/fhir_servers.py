@@ -36,5 +36,6 @@ def apply_preset(fhir: dict[str, Any]) -> dict[str, Any]:
 
     An unknown ``server`` is left alone for the model to report with the known names.
     """
-    preset = PRESETS.get(fhir.get("server", "generic"), {}) if isinstance(fhir.get("server", "generic"), str) else {}
+    server = fhir.get("server", "generic")
+    preset = PRESETS.get(server, {}) if isinstance(server, str) else {}
     return {**preset, **fhir}

@@ -220,7 +220,7 @@ async def process_item(
         start = time.monotonic()
         release = await delivery.release()
         if isinstance(release, SendResult):  # the server's FHIR version is not known: nothing to map for yet
-            return _not_sent(item, stats, release, observers, hold)
+            return _endpoint_answer(consumer, item, stats, release, observers, hold)
         if release != options.fhir_version:
             options = options.model_copy(update={"fhir_version": release})
         try:
@@ -254,18 +254,7 @@ async def process_item(
             return _dead_letter(consumer, item, stats, reason="rejected", sent=sent, bundle=result.bundle,
                                 detail=f"rejected by the FHIR server: {sent.diagnostics}", observers=observers)
         if sent.outcome is Outcome.ENDPOINT:
-            if hold is None:
-                log.warning("bundle_deferred", attempts=sent.attempts, status_code=sent.status_code,
-                            reason=sent.diagnostics)
-                return _defer(item, stats, sent, observers)
-            if hold.endpoint_failed(item.id, sent):
-                return _dead_letter(consumer, item, stats, reason="rejected", sent=sent, bundle=result.bundle,
-                                    detail=("rejected by the FHIR server for this SR only (refused again after the "
-                                            f"server accepted other SRs): {sent.diagnostics}"), observers=observers)
-            stats.held += 1
-            log.debug("bundle_held", attempts=sent.attempts, status_code=sent.status_code,
-                      problem=str(sent.endpoint_problem))
-            return "held"
+            return _endpoint_answer(consumer, item, stats, sent, observers, hold, result.bundle)
         if stop.is_set():
             log.info("bundle_deferred", attempts=sent.attempts, reason="shutdown")
             return _defer(item, stats, sent, observers)  # interrupted by shutdown: pending for the next start
@@ -273,15 +262,23 @@ async def process_item(
                             detail=f"retries exhausted: {sent.diagnostics}", observers=observers)
 
 
-def _not_sent(item: SpoolItem, stats: ForwarderStats, sent: SendResult, observers: Sequence[DeliveryObserver],
-              hold: DeliveryHold | None) -> Settlement:
-    """An item that could not even be mapped because the endpoint is wrong: hold (or defer)."""
+def _endpoint_answer(consumer: SpoolConsumer, item: SpoolItem, stats: ForwarderStats, sent: SendResult,
+                     observers: Sequence[DeliveryObserver], hold: DeliveryHold | None,
+                     bundle: dict[str, Any] | None = None) -> Settlement:
+    """The endpoint itself is wrong (``sent`` is ENDPOINT): hold the queue, or defer without a hold.
+
+    ``bundle`` is None when nothing was sent (the server's FHIR version is not known yet); only an
+    SR that was sent can be the one the hold names as refused for itself, and be dead-lettered.
+    """
     if hold is None:
-        log.warning("bundle_deferred", status_code=sent.status_code, reason=sent.diagnostics)
+        log.warning("bundle_deferred", attempts=sent.attempts, status_code=sent.status_code, reason=sent.diagnostics)
         return _defer(item, stats, sent, observers)
-    hold.endpoint_failed(item.id, sent)
+    if hold.endpoint_failed(item.id, sent) and bundle is not None:
+        return _dead_letter(consumer, item, stats, reason="rejected", sent=sent, bundle=bundle,
+                            detail=("rejected by the FHIR server for this SR only (refused again after the "
+                                    f"server accepted other SRs): {sent.diagnostics}"), observers=observers)
     stats.held += 1
-    log.debug("bundle_held", status_code=sent.status_code, problem=str(sent.endpoint_problem))
+    log.debug("bundle_held", attempts=sent.attempts, status_code=sent.status_code, problem=str(sent.endpoint_problem))
     return "held"
 
 

@@ -10,6 +10,7 @@ until the server answers, and nothing is dead-lettered for it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import httpx
@@ -52,8 +53,7 @@ class VersionResolver:
             start = time.monotonic()
             answer = await self._ask()
             if isinstance(answer, SendResult):
-                return SendResult(answer.outcome, answer.status_code, None, answer.diagnostics, 1,
-                                  time.monotonic() - start, endpoint_problem=answer.endpoint_problem)
+                return dataclasses.replace(answer, elapsed_s=time.monotonic() - start)
             self._release = answer
             log.info("fhir_version_resolved", fhir_version=answer, source="CapabilityStatement")
             return answer
