@@ -12,12 +12,10 @@ See README.md for what the server does and does not do.
 
 from __future__ import annotations
 
-import fcntl
 import shutil
-import subprocess
 from pathlib import Path
 
-from tests.support.loopback_server import LoopbackFhirServer, LoopbackServerError
+from tests.support.loopback_server import LoopbackFhirServer, LoopbackServerError, prepare_once
 
 __all__ = ["FhirServer", "FhirServerError", "SERVER_DIR", "ensure_node_modules"]
 
@@ -46,27 +44,9 @@ def ensure_node_modules() -> None:
 
     Serialised with a file lock, so parallel test processes install once.
     """
-    with open(SERVER_DIR / ".install.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not _node_modules_stale():
-            return
-        npm = _require_program("npm")
-        try:
-            completed = subprocess.run(
-                [npm, "ci", "--no-audit", "--no-fund"],
-                cwd=SERVER_DIR,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=INSTALL_TIMEOUT_S,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise FhirServerError(f"`npm ci` in {SERVER_DIR} took over {INSTALL_TIMEOUT_S:.0f} s") from exc
-        if completed.returncode != 0:
-            raise FhirServerError(
-                f"`npm ci` in {SERVER_DIR} failed with exit code {completed.returncode}:\n"
-                f"{completed.stderr.strip() or completed.stdout.strip()}"
-            )
+    prepare_once(SERVER_DIR / ".install.lock", _node_modules_stale,
+                 lambda: [_require_program("npm"), "ci", "--no-audit", "--no-fund"],
+                 what="`npm ci`", timeout_s=INSTALL_TIMEOUT_S, error=FhirServerError)
 
 
 def _node_modules_stale() -> bool:

@@ -14,12 +14,10 @@ request (transactions included); settings are HAPI's defaults. See README.md.
 
 from __future__ import annotations
 
-import fcntl
 import shutil
-import subprocess
 from pathlib import Path
 
-from tests.support.loopback_server import LoopbackFhirServer, LoopbackServerError
+from tests.support.loopback_server import LoopbackFhirServer, LoopbackServerError, prepare_once
 
 __all__ = [
     "HapiServer",
@@ -77,28 +75,13 @@ def ensure_built() -> None:
 
     Serialised with a file lock, so parallel test processes build once.
     """
-    with open(SERVER_DIR / ".build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not _stale():
-            return
-        mvn = _require_program("mvn", "building the HAPI FHIR test server needs Maven 3.8+")
+    def mvn_package() -> list[str]:
         java_program()
-        try:
-            completed = subprocess.run(
-                [mvn, "-q", "-B", "package", "-DskipTests"],
-                cwd=SERVER_DIR,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=BUILD_TIMEOUT_S,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise HapiServerError(f"`mvn package` in {SERVER_DIR} took over {BUILD_TIMEOUT_S:.0f} s") from exc
-        if completed.returncode != 0:
-            output = (completed.stdout + completed.stderr).strip()
-            raise HapiServerError(
-                f"`mvn package` in {SERVER_DIR} failed with exit code {completed.returncode}:\n{output[-6000:]}"
-            )
+        return [_require_program("mvn", "building the HAPI FHIR test server needs Maven 3.8+"),
+                "-q", "-B", "package", "-DskipTests"]
+
+    if prepare_once(SERVER_DIR / ".build.lock", _stale, mvn_package, what="`mvn package`", timeout_s=BUILD_TIMEOUT_S,
+                    error=HapiServerError):
         if not JAR.exists():
             raise HapiServerError(f"`mvn package` in {SERVER_DIR} did not produce {JAR}")
         # mvn leaves the jar's mtime at the build start; make it newer than every source read.

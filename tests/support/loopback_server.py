@@ -8,6 +8,7 @@ reads the store back through the FHIR REST API (search, count, read).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import selectors
 import subprocess
@@ -15,17 +16,39 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from collections.abc import Callable
 from typing import IO, Any, ClassVar, Self
 
 import httpx
 
-__all__ = ["LoopbackFhirServer", "LoopbackServerError"]
+__all__ = ["LoopbackFhirServer", "LoopbackServerError", "prepare_once"]
 
 _LISTENING = b"LISTENING "
 
 
 class LoopbackServerError(RuntimeError):
     """A test server could not be installed, built, started or queried."""
+
+
+def prepare_once(lock_path: Path, stale: Callable[[], bool], command: Callable[[], list[str]], *, what: str,
+                 timeout_s: float, error: type[LoopbackServerError], tail: int = 6000) -> bool:
+    """Run ``command()`` in ``lock_path``'s folder when ``stale()`` (an install or a build), under an
+    exclusive lock on ``lock_path``, so parallel test processes do it once. True when it ran;
+    ``error`` names it (``what``) with its output's tail when it fails or takes over ``timeout_s``."""
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not stale():
+            return False
+        where = lock_path.parent
+        try:
+            completed = subprocess.run(command(), cwd=where, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                       timeout=timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            raise error(f"{what} in {where} took over {timeout_s:.0f} s") from exc
+        if completed.returncode != 0:
+            output = (completed.stdout + completed.stderr).strip()
+            raise error(f"{what} in {where} failed with exit code {completed.returncode}:\n{output[-tail:]}")
+        return True
 
 
 class LoopbackFhirServer:
