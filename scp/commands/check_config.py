@@ -99,7 +99,8 @@ async def check_fhir(settings: Settings) -> list[Check]:
     detail = f"{fhir.base_url}: FHIR {capability.get('fhirVersion', '?')}"
     if release is not None:
         detail += f", writing {release.upper()} (fhir.version: {fhir.version}, fhir.server: {fhir.server})"
-    mismatch = any(problem.startswith("fhir.version is") for problem in problems)
+    spoken = release_of(capability.get("fhirVersion"))
+    mismatch = spoken is not None and fhir.version not in ("auto", spoken)
     checks.append(Check("fhir", "fhir.version" if mismatch else "fhir.base_url", not problems,
                         "; ".join([detail, *problems]) if problems else f"{detail}; transactions supported"))
     return checks
