@@ -43,7 +43,18 @@ class NotAnSR(MappingError):
 
 
 class UnsupportedTemplate(MappingError):
-    """The SR holds no TID 1500 Measurement Report content."""
+    """The SR is none of the documents sr2fhir maps (TID 1500, Key Object Selection, dose report).
+
+    ``template`` (the root's Template Identifier, e.g. ``"2000"``) and ``title`` (the document
+    title as ``(DCM,113701) 'X-Ray Radiation Dose Report'``) say what it is, for the one log line
+    an ignored SR gets; either is None when the SR does not say.
+    """
+
+    def __init__(self, message: str, *, path: str = "", concept: str | None = None,
+                 template: str | None = None, title: str | None = None) -> None:
+        self.template = template
+        self.title = title
+        super().__init__(message, path=path, concept=concept)
 
 
 class MissingContentItem(MappingError):

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from . import concepts
+from . import dose
 from .attributes import text
 from .bundle import BundleBuilder
 from .coding import CodingSystems
 from .content_tree import READ_ERRORS, ContentNode, read_content_tree
 from .context import Evidence, ReportContext
 from .dates import Timing, parse_offset, to_instant, zone
-from .derived import derived_imaging_measurements
-from .devices import algorithm_identification, general_equipment, participant_device
-from .errors import InvalidValue, MappingError, MissingContentItem, NotAnSR, Skipped, UnsupportedTemplate
-from .groups import imaging_measurement_group
-from .measurements import Inherited, qualitative_evaluation
+from .documents import DocumentKind, document_kind, predecessor_uids
+from .errors import InvalidValue, MappingError, MissingContentItem, NotAnSR, Skipped
+from .key_objects import map_key_object_selection
+from .measurement_report import map_measurement_report
 from .options import MappingOptions
-from .participants import observers, practitioner
 from .r4 import to_r4
 from .references import is_valid_uid, patient_reference, service_request_reference, study_instance_uid
 from .sop_classes import SR_STORAGE_SOP_CLASSES
@@ -30,14 +29,24 @@ __all__ = ["MappingResult", "map_sr"]
 
 @dataclass(frozen=True, slots=True)
 class MappingResult:
-    """The transaction Bundle (plain dicts) and what was skipped on the way."""
+    """The transaction Bundle (plain dicts), what was skipped on the way, the kind of document,
+    and the SOP Instance UIDs of the documents it replaces (Predecessor Documents Sequence)."""
 
     bundle: dict
     skipped: tuple[Skipped, ...]
+    kind: DocumentKind = DocumentKind.MEASUREMENT_REPORT
+    predecessors: tuple[str, ...] = ()
+
+
+_MAPPERS: dict[DocumentKind, Callable[[Dataset, ContentNode, ReportContext], None]] = {
+    DocumentKind.MEASUREMENT_REPORT: map_measurement_report,
+    DocumentKind.KEY_OBJECT_SELECTION: map_key_object_selection,
+    DocumentKind.RADIATION_DOSE: dose.map_radiation_dose,
+}
 
 
 def map_sr(ds: Dataset, options: MappingOptions | None = None) -> MappingResult:
-    """Map one SR instance (TID 1500) to a FHIR R5 transaction Bundle (R4 with
+    """Map one SR instance (TID 1500, Key Object Selection, dose report) to a FHIR R5 transaction Bundle (R4 with
     ``options.fhir_version == "r4"``: the R5 Bundle through :func:`mapping.r4.to_r4`).
 
     Pure: no I/O, no logging, no clock. The same dataset and options give the same Bundle.
@@ -64,7 +73,7 @@ def _map(ds: Dataset, options: MappingOptions) -> MappingResult:
         raise MissingContentItem("the SR has no content (Content Sequence (0040,A730) is absent or empty)")
     skipped: list[Skipped] = []
     root = read_content_tree(ds, skipped)
-    _require_tid1500(root)
+    kind = document_kind(sop_class_uid, root)
     if not root.children:
         raise MissingContentItem("the SR has no readable content items", path=root.path)
 
@@ -86,36 +95,7 @@ def _map(ds: Dataset, options: MappingOptions) -> MappingResult:
         skipped=skipped,
         options=options,
     )
-    ctx.equipment_device = general_equipment(ds, ctx)
-    default_device = ctx.equipment_device
-    for observer in observers(root):
-        if observer.kind == "person":
-            url = practitioner(observer, ctx)
-            if url is not None:
-                ctx.performer.append(ctx.ref(url))
-        elif default_device == ctx.equipment_device:
-            default_device = participant_device(observer.items, ctx, text(ds, "DeviceUID")) or default_device
-
-    # PS3.3 C.17.3: items without an Observation DateTime take their nearest ancestor's.
-    root_timing = ctx.timing(root, ctx.document_timing)
-    observations = 0
-    for child in root.children:
-        if child.value_type != "CONTAINER" or child.relationship != "CONTAINS":
-            continue
-        if child.key == concepts.IMAGING_MEASUREMENTS:
-            observations += _imaging_measurements(child, ctx, default_device, root_timing)
-        elif child.key == concepts.DERIVED_IMAGING_MEASUREMENTS:
-            observations += len(derived_imaging_measurements(child, ctx, root_timing))
-        elif child.key == concepts.QUALITATIVE_EVALUATIONS:
-            observations += _report_qualitative_evaluations(child, ctx, default_device, root_timing)
-        else:
-            ctx.note(child, "container is not one TID 1500 maps (Imaging Measurements, Derived, Qualitative Evaluations)")
-    if observations == 0:
-        raise MissingContentItem(
-            "no measurement group, derived measurement or qualitative evaluation could be mapped"
-            + (f" ({len(skipped)} item(s) skipped; first: {skipped[0]})" if skipped else ""),
-            path=root.path,
-        )
+    _MAPPERS[kind](ds, root, ctx)
     for scheme, system in sorted(ctx.codes.unknown.items()):
         skipped.append(Skipped("", f"coding scheme designator {scheme!r} has no known FHIR system; used {system}"))
     bundle = ctx.bundle.build()
@@ -123,34 +103,9 @@ def _map(ds: Dataset, options: MappingOptions) -> MappingResult:
         conversion = to_r4(bundle, imaging_selection=options.r4_imaging_selection)
         bundle = conversion.bundle
         skipped += conversion.notes
-    return MappingResult(bundle, tuple(skipped))
-
-
-def _imaging_measurements(container: ContentNode, ctx: ReportContext, default_device: str, parent_timing: Timing) -> int:
-    """DCM 126010: a container-level TID 4019 algorithm overrides the default device."""
-    device = algorithm_identification(container, ctx) or default_device
-    timing = ctx.timing(container, parent_timing)
-    count = 0
-    for child in container.children:
-        if child.value_type == "CONTAINER" and child.key == concepts.MEASUREMENT_GROUP:
-            imaging_measurement_group(child, ctx, device, timing)
-            count += 1
-        elif child.key not in concepts.ALGORITHM_ITEMS:
-            ctx.note(child, f"{child.value_type} directly in Imaging Measurements is not in a measurement group")
-    return count
-
-
-def _report_qualitative_evaluations(container: ContentNode, ctx: ReportContext, device: str, parent_timing: Timing) -> int:
-    """UMLS C0034375 at report level: one evaluation per CODE/TEXT child."""
-    inherited = Inherited(device=device, timing=ctx.timing(container, parent_timing))
-    count = 0
-    for child in container.children:
-        if child.value_type in ("CODE", "TEXT"):
-            qualitative_evaluation(child, ctx, inherited)
-            count += 1
-        else:
-            ctx.note(child, f"{child.value_type} in Qualitative Evaluations is not an evaluation")
-    return count
+        if kind is DocumentKind.RADIATION_DOSE:
+            bundle = dose.finish_r4(bundle)
+    return MappingResult(bundle, tuple(skipped), kind, predecessor_uids(ds))
 
 
 def _sop_class(ds: Dataset) -> str:
@@ -164,17 +119,6 @@ def _sop_class(ds: Dataset) -> str:
         label = f"{name} ({sop_class_uid})" if name != sop_class_uid else sop_class_uid
         raise NotAnSR(f"SOP Class {label} is not a Structured Report storage class")
     return sop_class_uid
-
-
-def _require_tid1500(root: ContentNode) -> None:
-    if root.key == concepts.IMAGING_MEASUREMENT_REPORT or root.template_id == "1500":
-        return
-    if root.value_type != "CONTAINER":
-        raise UnsupportedTemplate(f"root content item is {root.value_type}, not a CONTAINER", path=root.path)
-    title = f"{root.label} {root.concept.meaning!r}" if root.concept else "without a document title"
-    raise UnsupportedTemplate(
-        f"document title {title} is not TID 1500 Imaging Measurement Report (126000, DCM)", path=root.path
-    )
 
 
 def _document_instant(ds: Dataset, document_zone) -> str:

@@ -179,11 +179,11 @@ def test_unmappable_sr_is_dead_lettered_listed_and_requeued(tmp_path, capsys):
     with DaemonProcess(config) as daemon:
         assert send(daemon.port, not_tid1500) == [0x0000]  # acknowledged: it is a readable SR
         rejected = daemon.wait_for("bundle_rejected", lambda e: e["sop_instance_uid"] == not_tid1500.SOPInstanceUID)
-        assert "is not TID 1500 Imaging Measurement Report" in rejected["reason"]
+        assert "is not a document sr2fhir maps" in rejected["reason"]
         capsys.readouterr()
         assert cli_main(["spool", "failed", "--config", str(config)]) == 0
         listing = capsys.readouterr().out
-        assert not_tid1500.SOPInstanceUID in listing and "not TID 1500" in listing
+        assert not_tid1500.SOPInstanceUID in listing and "not a document sr2fhir maps" in listing
         assert cli_main(["spool", "retry", "--config", str(config)]) == 0
         daemon.wait_for("bundle_rejected", lambda e: e["sop_instance_uid"] == not_tid1500.SOPInstanceUID, count=2)
     sidecars = list((tmp_path / "spool" / "failed").glob("*.json"))

@@ -40,8 +40,11 @@ def test_not_tid_1500():
     with pytest.raises(UnsupportedTemplate) as caught:
         map_sr(report)
     assert str(caught.value) == (
-        "1: document title (LN,18748-4) 'Diagnostic imaging report' is not TID 1500 Imaging Measurement Report (126000, DCM)")
+        "1: document title (LN,18748-4) 'Diagnostic imaging report' is not a document sr2fhir maps "
+        "(TID 1500 Imaging Measurement Report, Key Object Selection, radiation dose report)")
     assert caught.value.path == "1"
+    assert caught.value.template is None
+    assert caught.value.title == "(LN,18748-4) 'Diagnostic imaging report'"
 
 
 def test_report_with_nothing_mappable_names_the_first_skipped_item():
