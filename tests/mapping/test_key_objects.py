@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mapping import MappingOptions, map_sr, serialize
 from mapping.documents import DocumentKind
@@ -397,3 +399,38 @@ def test_validator_engine_r5_and_r4(tmp_path):
                               for message_id, pattern, _ in accepted)]
         assert not errors, "\n".join(f"{Path(i['file']).name} {i['location']}: [{i['messageId']}] {i['message']}"
                                      for i in errors[:30])
+
+
+# Properties ------------------------------------------------------------------------------------
+
+def _placed_key_object(image: int, frames: list[int]) -> KeyObject:
+    """Image ``image`` of series ``image // 3``, in study ``series % 2``: an instance lives in one place."""
+    series = image // 3
+    return KeyObject(uid(f"prop:image:{image}"), series_uid=uid(f"prop:series:{series}"),
+                     study_uid=uid(f"prop:study:{series % 2}"), frames=tuple(frames))
+
+
+# (reference, whether the evidence lists it): references may repeat an instance, with other frames.
+_key_objects = st.lists(st.tuples(st.builds(_placed_key_object, st.integers(0, 8),
+                                            st.lists(st.integers(1, 9), max_size=3, unique=True)),
+                                  st.booleans()), min_size=1, max_size=10)
+
+
+@settings(max_examples=60, deadline=None)
+@given(entries=_key_objects)
+def test_every_instance_is_selected_once_under_its_own_series(entries):
+    """Whatever the mix of series, studies, frames, repeats and evidence gaps: each referenced
+    instance is in exactly one selection, whose study and series are the instance's (absent when
+    the evidence does not list it), each (study, series) is one selection, and ids are unique."""
+    objects = [obj for obj, _ in entries]
+    listed = [obj for obj, in_evidence in entries if in_evidence]
+    where = {obj.sop_instance_uid: (obj.study_uid, obj.series_uid) for obj in listed}
+    selections = _selections(_map(key_object_selection(objects, evidence=listed)).bundle)
+    seen = [i["uid"] for s in selections for i in s["instance"]]
+    assert sorted(seen) == sorted({obj.sop_instance_uid for obj in objects})
+    keys = [(s.get("studyUid"), s.get("seriesUid")) for s in selections]
+    assert len(set(keys)) == len(keys)
+    assert len({s["id"] for s in selections}) == len(selections)
+    for selection in selections:
+        for instance in selection["instance"]:
+            assert (selection.get("studyUid"), selection.get("seriesUid")) == where.get(instance["uid"], (None, None))
