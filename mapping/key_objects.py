@@ -23,8 +23,8 @@ not do (touch earlier resources about the rejected instances) is in docs/mapping
 from __future__ import annotations
 
 import re
-from html import escape
 from dataclasses import dataclass, field
+from html import escape
 
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
@@ -40,18 +40,12 @@ from .participants import observers, practitioner
 from .references import is_valid_uid, uid_identifier_value
 from .sop_classes import sop_class_coding
 
-__all__ = ["map_key_object_selection", "REJECTION_TITLES"]
+__all__ = ["map_key_object_selection"]
 
-KEY_OBJECT_DESCRIPTION = concepts.key(codes.DCM.KeyObjectDescription)  # TID 2010 row 4
-DOCUMENT_TITLE_MODIFIER = concepts.key(codes.DCM.DocumentTitleModifier)  # TID 2010 row 2b-2d
+# TID 2010 items besides the references and the observer context (TID 1002).
+KEY_OBJECT_DESCRIPTION = concepts.key(codes.DCM.KeyObjectDescription)  # TEXT 113012
+DOCUMENT_TITLE_MODIFIER = concepts.key(codes.DCM.DocumentTitleModifier)  # CODE 113011
 LANGUAGE = concepts.key(codes.DCM.LanguageOfContentItemAndDescendants)  # TID 1204
-# CID 7010 titles that ask for instances to be withdrawn (IHE IOCM rejection notes).
-REJECTION_TITLES = frozenset({
-    concepts.key(codes.DCM.RejectedForQualityReasons),  # 113001
-    concepts.key(codes.DCM.RejectedForPatientSafetyReasons),  # 113037
-    concepts.key(codes.DCM.IncorrectModalityWorklistEntry),  # 113038
-    concepts.key(codes.DCM.DataRetentionPolicyExpired),  # 113039
-})
 
 _REFERENCE_VALUE_TYPES = frozenset({"IMAGE", "COMPOSITE", "WAVEFORM"})
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
