@@ -25,6 +25,7 @@ __all__ = ["map_radiation_dose", "finish_r4"]
 
 _X_RAY_DOSE_REPORT = ("DCM", "113701")
 _RADIOPHARMACEUTICAL_DOSE_REPORT = ("DCM", "113500")
+_EVENTS = frozenset({codes.IRRADIATION_EVENT, codes.CT_ACQUISITION})
 _FLUOROSCOPY = frozenset({COMPONENTS.FLUORO_DAP_TOTAL.key, COMPONENTS.TOTAL_FLUORO_TIME.key})
 
 
@@ -41,6 +42,10 @@ def map_radiation_dose(ds: Dataset, root: ContentNode, ctx: ReportContext) -> No
         fluoroscopy = any(v.component.key in _FLUOROSCOPY and (v.quantity or 0) > 0 for v in values)
         modality = modality_type(ds, root, template, procedure is fixed.MAMMOGRAPHY, fluoroscopy)
         device = modality_device(ds, root, ctx, modality)
+    events = [c for c in root.children if c.key in _EVENTS and c.value_type == "CONTAINER"]
+    if events:
+        ctx.note(root, f"{len(events)} irradiation event container(s) (from {events[0].path}) not mapped: the IG's "
+                       "summary is procedure-level")
     performer = irradiation_authorizing_person([root, container], ctx)
     dose_summary(root, ctx, procedure=procedure, values=values,
                  effective_datetime=effective(root, container, template, ctx), device=device, performer=performer)

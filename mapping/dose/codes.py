@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from ..coding import DCM_SYSTEM, SNOMED_SYSTEM
 from .units import Dimension
 
-__all__ = ["IG_BASE", "profile_url", "Component", "COMPONENTS", "fixed", "MODALITY_BY_SOP_CLASS", "key"]
+__all__ = ["IG_BASE", "profile_url", "key", "fixed", "PROCEDURES_REPORTED", "Component", "COMPONENTS",
+           "PROJECTION_TOTALS", "CT_TOTALS", "ADMINISTRATION_ITEMS", "MODALITY_BY_SOP_CLASS", "MODALITY_DISPLAYS"]
 
 IG_BASE = "http://hl7.org/fhir/uv/radiation-dose-summary"
 IDENTIFIER_TYPE_SYSTEM = f"{IG_BASE}/CodeSystem/dicom-identifier-type"
@@ -134,6 +135,7 @@ BOTH_BREASTS = key("SCT", "63762007")
 START_OF_IRRADIATION = key("DCM", "113809")
 DATETIME_STARTED = key("DCM", "111526")
 IRRADIATION_EVENT = key("DCM", "113706")
+CT_ACQUISITION = key("DCM", "113819")
 RADIOPHARMACEUTICAL_START = key("DCM", "123003")
 PERSON_NAME = key("DCM", "113870")
 PERSON_ROLE_IN_PROCEDURE = key("DCM", "113875")
