@@ -400,3 +400,12 @@ def test_validator_engine_r5_and_r4_core(tmp_path):
         issues = validate_with_engine(files, version, **({"xver_r5_for_r4": True} if version == "r4" else {}))
         errors = [i for i in issues if i["severity"] in ("error", "fatal")]
         assert errors == [], json.dumps(errors[:20], indent=1)
+
+
+def test_template_from_title_and_content_when_the_sr_names_no_template():
+    ct = b.ct_dose_report(accumulated=b.ct_accumulated_dose())
+    projection = b.projection_dose_report(accumulated=[b.accumulated_x_ray_dose(dap=("1", b.ucum("Gy.cm2")))])
+    for ds in (ct, projection):
+        del ds.ContentTemplateSequence
+    assert _components(_summary(_map(ct).bundle))["113813"] == (Decimal("586.34"), "mGy.cm")
+    assert _components(_summary(_map(projection).bundle))["113722"] == (Decimal("1000"), "mGy.cm2")
