@@ -35,7 +35,7 @@ run_logged() {
   local log=$1 limit=$2
   shift 2
   if ! timeout "$limit" "$@" >"$build/$log" 2>&1; then
-    echo "dose_ig/build.sh: failed (or over $limit s): $*" >&2
+    echo "dose_ig/build.sh: failed (or over $limit s): $*; the end of $build/$log:" >&2
     tail -n 40 "$build/$log" >&2
     exit 1
   fi
