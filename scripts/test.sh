@@ -28,4 +28,7 @@ fi
 # Build the HAPI FHIR test server and validator now (about 15 s and 350 MB from Maven Central
 # the first time, nothing when up to date), so the download is not charged to a test.
 tests/hapi_server/build.sh
+# Compile the Radiation Dose Summary IG (FSH, ../shared) with SUSHI for the R4 profile checks
+# (about 30 s the first time, nothing when up to date; tests/dose_ig/README.md).
+tests/dose_ig/build.sh
 exec .venv/bin/python -m pytest "$@"

@@ -30,8 +30,9 @@ def validate_with_engine(paths: list[Path], version: str, ig_dir: Path | None = 
                          timeout_s: float = VALIDATE_TIMEOUT_S) -> list[dict[str, Any]]:
     """Validate ``paths`` (FHIR JSON files) with HAPI's FhirInstanceValidator; all issues found.
 
-    ``ig_dir`` (R5 only): a folder of StructureDefinition/ValueSet/CodeSystem JSON files to load
-    as well (e.g. ``../shared/spec/ig-json``); its other files are ignored.
+    ``ig_dir``: a folder of StructureDefinition/ValueSet/CodeSystem JSON files of ``version`` to
+    load as well (R5: ``../shared/spec/ig-json``; R4: the dose IG compiled by ``tests/dose_ig``);
+    its other files are ignored.
     ``xver_r5_for_r4`` (R4 only): give the engine definitions of the R5 cross-version extensions
     (``http://hl7.org/fhir/5.0/StructureDefinition/extension-<path>``) the files use, generated
     from the R5 core package (``XverR5ForR4.java``); without them the engine reports each use

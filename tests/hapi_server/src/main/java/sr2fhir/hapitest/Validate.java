@@ -35,8 +35,9 @@ import ca.uhn.fhir.validation.ValidationResult;
  *
  * <pre>java -cp hapi-test-server.jar sr2fhir.hapitest.Validate --fhir-version r5|r4 [--ig DIR] [--xver-r5-for-r4] FILE...</pre>
  *
- * Definitions: the core package of hapi-fhir-validation-resources-r5/-r4, plus (R5 only) every
- * StructureDefinition, ValueSet and CodeSystem JSON file in {@code --ig DIR}; (R4 only, with
+ * Definitions: the core package of hapi-fhir-validation-resources-r5/-r4, plus every
+ * StructureDefinition, ValueSet and CodeSystem JSON file in {@code --ig DIR} (definitions of the
+ * {@code --fhir-version} release; a profile without a snapshot gets one generated); (R4 only, with
  * {@code --xver-r5-for-r4}) definitions of the R5 cross-version extensions the files use,
  * generated from the R5 core package ({@link XverR5ForR4}). Terminology: in
  * memory only (no terminology server); a code system the engine does not hold (DICOM DCM, SNOMED
@@ -82,9 +83,6 @@ public final class Validate {
 		}
 		if (igDir != null && !Files.isDirectory(igDir)) {
 			usage("--ig is not a directory: " + igDir);
-		}
-		if (igDir != null && !"r5".equals(version)) {
-			usage("--ig holds R5 definitions: use it with --fhir-version r5");
 		}
 		if (xverR5 && !"r4".equals(version)) {
 			usage("--xver-r5-for-r4 defines R5 elements for R4: use it with --fhir-version r4");
