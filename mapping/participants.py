@@ -11,7 +11,7 @@ from .content_tree import ContentNode
 from .context import ReportContext
 from .profiles import profile_url
 
-__all__ = ["Observer", "observers", "practitioner"]
+__all__ = ["Observer", "observers", "practitioner", "human_names"]
 
 
 @dataclass(slots=True)
@@ -69,7 +69,7 @@ def practitioner(observer: Observer, ctx: ReportContext) -> str | None:
         ctx.note(observer.node, "person observer without a Person Observer Name (DCM 121008)")
         return None
     if name_node.value_type == "PNAME":
-        names = _human_names(name_node.value)
+        names = human_names(name_node.value)
         if not names:
             ctx.note(name_node, "Person Observer Name has no name component: no Practitioner")
         elif len(names) > 1:
@@ -91,7 +91,7 @@ def practitioner(observer: Observer, ctx: ReportContext) -> str | None:
     return ctx.bundle.add(resource)
 
 
-def _human_names(value: object) -> list[tuple[str, dict]]:
+def human_names(value: object) -> list[tuple[str, dict]]:
     """(group, HumanName) for each PN component group that has a component, in value order."""
     person = value if isinstance(value, PersonName) else PersonName(str(value))
     # The groups as pydicom splits them on "=" and decodes them with the SR's Specific Character Set.

@@ -8,6 +8,8 @@ from ..coding import UCUM_SYSTEM
 from ..content_tree import ContentNode
 from ..context import ReportContext
 from ..dates import to_timing
+from ..ids import content_id
+from ..participants import human_names
 from ..references import uid_identifier_value
 from . import codes
 from .codes import fixed
@@ -110,27 +112,37 @@ def effective(root: ContentNode, container: ContentNode, template: str, ctx: Rep
 def irradiation_authorizing_person(nodes: list[ContentNode], ctx: ReportContext) -> dict | None:
     """``performer``: the TID 1020 Person Participant whose role is Irradiation Authorizing (DCM 113850).
 
-    A logical Practitioner reference by Person ID (DCM 113871; the IG's archi page) with the name as
-    ``display``; None when the report names no such person.
+    A Practitioner in the Bundle (Person ID (DCM 113871) as identifier, the issuer as its
+    assigner, the first PN component group as name), shared between reports that name the same
+    person, referenced literally with the name as ``display``: the IG's ``performer`` slice is
+    discriminated by the referenced resource's type, which only a resolvable reference shows.
+    None when the report names no such person.
     """
     for parent in nodes:
         for person in parent.all(codes.PERSON_NAME):
             role = person.first(codes.PERSON_ROLE_IN_PROCEDURE, "CODE")
             if role is None or role.value.key != codes.IRRADIATION_AUTHORIZING:
                 continue
-            reference: dict = {"type": "Practitioner"}
+            resource: dict = {"resourceType": "Practitioner"}
             person_id = person.first(codes.PERSON_ID, "TEXT")
             if person_id is not None and str(person_id.value).strip():
-                reference["identifier"] = {"value": str(person_id.value).strip()}
+                identifier: dict = {"value": str(person_id.value).strip()}
                 issuer = person.first(codes.PERSON_ID_ISSUER, "TEXT")
                 if issuer is not None and str(issuer.value).strip():
-                    reference["identifier"]["assigner"] = {"display": str(issuer.value).strip()}
+                    identifier["assigner"] = {"display": str(issuer.value).strip()}
+                resource["identifier"] = [identifier]
+            names = human_names(person.value) if person.value_type == "PNAME" else []
+            if names:
+                resource["name"] = [names[0][1]]
+            if len(resource) == 1:
+                ctx.note(person, "Irradiation Authorizing person has neither a Person ID nor a name: no performer")
+                continue
+            resource["id"] = content_id("irradiation-authorizing-person", resource)
+            reference = ctx.ref(ctx.bundle.add(resource))
             display = _display_name(person.value) if person.value_type == "PNAME" else None
             if display:
                 reference["display"] = display
-            if len(reference) > 1:
-                return reference
-            ctx.note(person, "Irradiation Authorizing person has neither a Person ID nor a name: no performer")
+            return reference
     return None
 
 
