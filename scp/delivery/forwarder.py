@@ -304,6 +304,7 @@ async def run_forwarder(
             slots.release()
 
     ticker = asyncio.create_task(_tick(on_tick, stop, poll_interval_s)) if on_tick is not None else None
+    housekeeping: asyncio.Task[None] | None = None
     while not stop.is_set():
         consumer.ingest_requeued()
         if hold is not None and hold.state is HoldState.HELD:
@@ -325,7 +326,8 @@ async def run_forwarder(
             hold.nothing_to_try()
         if not admitted:
             if not fresh and not in_flight:
-                await supersessions.housekeeping()
+                if housekeeping is None or housekeeping.done():  # in a task: a send may retry for long
+                    housekeeping = asyncio.create_task(supersessions.housekeeping())
                 if on_idle is not None:
                     await on_idle()
             await wait_or_timeout(stop, poll_interval_s)
@@ -333,6 +335,8 @@ async def run_forwarder(
             await asyncio.wait(list(in_flight.values()), return_when=asyncio.FIRST_COMPLETED)
     if in_flight:
         await asyncio.gather(*in_flight.values(), return_exceptions=True)
+    if housekeeping is not None:
+        await asyncio.gather(housekeeping, return_exceptions=True)
     if ticker is not None:
         await ticker
     return stats

@@ -318,6 +318,9 @@ class Supersessions:
             try:
                 with bound_contextvars(sop_instance_uid=supersession.successor_uid):
                     await self._retire(supersession)
+            except Exception:  # noqa: BLE001 - stays pending, tried again; the forwarder goes on
+                log.exception("report_supersession_deferred", predecessor_uid=supersession.predecessor_uid,
+                              successor_uid=supersession.successor_uid)
             finally:
                 self._in_flight.discard(key)
 

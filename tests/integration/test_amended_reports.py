@@ -9,6 +9,9 @@ conditional write modes).
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
 from typing import Any
 
 import httpx
@@ -28,6 +31,7 @@ from tests.integration.test_daemon import send
 from tests.integration.test_observability import metric
 from tests.scp.test_supersession import STATUS_EXTENSION, report, spooled
 from tests.support.daemon_process import DaemonProcess, write_config
+from tests.support.fault_proxy import DROP, PASS, FaultProxy, Hold
 
 pytestmark = pytest.mark.integration
 
@@ -156,6 +160,30 @@ def test_daemon_restart_between_predecessor_and_successor(fhir_server, tmp_path)
     with DaemonProcess(config) as daemon:  # what was delivered is remembered in spool.db
         assert send(daemon.port, new) == [0x0000]
         superseded(daemon, old, new)
+    assert_replaced(fhir_server, old, new)
+
+
+def test_daemon_worker_killed_before_the_retiring_transaction_carries_it_out_after_restart(fhir_server,  # noqa: F811
+                                                                                           tmp_path):
+    old = report("k-old")
+    new = report("k-new", predecessors=(old.SOPInstanceUID,))
+    held = Hold()
+    with FaultProxy(fhir_server.base_url) as proxy:
+        proxy.push(PASS, PASS, held)  # the predecessor, the successor, then the retiring transaction is held
+        with DaemonProcess(daemon_config(tmp_path, proxy.base_url)) as daemon:
+            assert send(daemon.port, old) == [0x0000]
+            daemon.wait_for("bundle_delivered", lambda e: e["sop_instance_uid"] == old.SOPInstanceUID)
+            assert send(daemon.port, new) == [0x0000]
+            assert held.arrived.wait(60), "the retiring transaction never came"
+            (spawned,) = daemon.named("worker_spawned")
+            os.kill(spawned["pid"], signal.SIGKILL)  # the successor is settled, its predecessor not yet retired
+            daemon.wait_for("worker_exited")
+            held.release(DROP)
+            daemon.wait_for("worker_started", count=2)
+            assert superseded(daemon, old, new)["how"] == "after_successor"
+        posts = [json.loads(entry.body) for entry in proxy.log if entry.method == "POST"]
+    assert len(posts) == 4  # predecessor, successor, the retiring transaction dropped, then sent again
+    assert posts[2] == posts[3]
     assert_replaced(fhir_server, old, new)
 
 
