@@ -19,6 +19,7 @@ import structlog
 
 from .db import (
     CHECKPOINT_PAGES,
+    LOW_SPACE_BYTES,
     PayloadReader,
     SpoolDatabase,
     adapt_checkpoints,
@@ -51,6 +52,7 @@ from .registry import (
     Supersession,
     SupersessionState,
     forget_before,
+    forget_oldest,
     pending_supersessions,
     record_delivered,
     set_supersession_state,
@@ -63,6 +65,10 @@ log = structlog.get_logger()
 
 ItemOutcome: TypeAlias = Literal["delivered", "superseded", "failed", "ignored"]
 OUTCOMES: frozenset[str] = frozenset({"delivered", "superseded", "failed", "ignored"})
+SHORT_OF_SPACE_FORGETS = 2
+"""Delivered reports forgotten (oldest first) per report recorded while the file system holding
+the spool has less than ``LOW_SPACE_BYTES`` free: the registry shrinks instead of growing, and
+received instances keep the room (the spool never refuses an SR for the registry's sake)."""
 LEGACY_RETRY_S = 60.0
 """How often the consumer tries again to migrate journal segments left by an earlier try."""
 
@@ -92,6 +98,7 @@ class SpoolConsumer:
         self._legacy_left = 0
         self._legacy_retry_at = 0.0
         self._checkpoint_pages: int | None = None
+        self._told_short_of_space = False
 
     def __enter__(self) -> SpoolConsumer:
         self.open()
@@ -194,16 +201,33 @@ class SpoolConsumer:
                 except OSError as exc:
                     raise spool_error(exc, f"cannot keep item {item.id}") from exc
             supersessions: list[Supersession] = []
+            forgotten = 0
+            short_of_space = report is not None and self._short_of_space()
             with write_transaction(conn, f"cannot mark item {item.id} {outcome}"):
                 remove_items(conn, [item.seq])
                 if report is not None:
                     supersessions = record_delivered(conn, report)
-            self._deletions += 1
+                    if short_of_space:
+                        forgotten = forget_oldest(conn, SHORT_OF_SPACE_FORGETS)
+            if short_of_space and not self._told_short_of_space:
+                log.warning("registry_short_of_space", forgotten=forgotten,
+                            reason=f"less than {LOW_SPACE_BYTES} bytes free for the spool: the oldest delivered "
+                                   "reports are forgotten to keep room for received SRs (an amendment of a "
+                                   "forgotten report does not retire it)")
+            if report is not None:
+                self._told_short_of_space = short_of_space
+            self._deletions += 1 + forgotten
             if self._newest.get(item.sop_instance_uid, (0, 0))[1] == item.seq:
                 del self._newest[item.sop_instance_uid]
             return supersessions
 
     # -- the registry of delivered reports (amended and corrected reports: .registry) ----------
+
+    def _short_of_space(self) -> bool:
+        try:
+            return free_bytes(self._layout.root) < LOW_SPACE_BYTES
+        except OSError:
+            return False
 
     def supersessions_of(self, predecessor_uid: str) -> list[Supersession]:
         """The recorded successors of ``predecessor_uid`` (the SRs that replace it)."""

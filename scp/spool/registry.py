@@ -47,6 +47,7 @@ __all__ = [
     "Supersession",
     "SupersessionState",
     "forget_before",
+    "forget_oldest",
     "pending_supersessions",
     "record_delivered",
     "set_supersession_state",
@@ -177,3 +178,12 @@ def forget_before(conn: sqlite3.Connection, before_us: int, limit: int) -> int:
         "DELETE FROM supersessions WHERE rowid IN (SELECT rowid FROM supersessions"
         " WHERE state != 'pending' AND recorded_us < ? LIMIT ?)", (before_us, limit)).rowcount
     return removed
+
+
+def forget_oldest(conn: sqlite3.Connection, count: int) -> int:
+    """Delete the ``count`` oldest delivered reports (inside a write transaction): what the
+    spool does when its file system is short of space, so that the registry never takes
+    the room of received instances. Returns how many went."""
+    return conn.execute(
+        "DELETE FROM delivered_reports WHERE rowid IN"
+        " (SELECT rowid FROM delivered_reports ORDER BY delivered_us LIMIT ?)", (count,)).rowcount

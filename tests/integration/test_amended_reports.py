@@ -25,7 +25,7 @@ from mapping.r4.imaging_selection import is_selection_basic
 from scp.delivery.forwarder import FhirDelivery, ForwarderStats, process_item
 from scp.delivery.supersession import ENTERED_IN_ERROR, Supersessions, entry_key
 from scp.spool import Spool
-from tests.fhir_server.fixtures import fhir_server, fresh_fhir_server  # noqa: F401 - pytest fixtures
+from tests.fhir_server.fixtures import fhir_server  # noqa: F401 - pytest fixture
 from tests.hapi_server.fixtures import hapi_r4, hapi_r5  # noqa: F401 - pytest fixtures
 from tests.integration.test_daemon import send
 from tests.integration.test_observability import metric

@@ -330,3 +330,17 @@ def test_an_unmapped_sr_is_dropped_by_default_and_dead_lettered_on_request(tmp_p
     spooled(spool, not_mapped("keep-me"))
     assert forward(spool, outbox, unmapped="dead-letter") == ["dead_lettered"]
     assert [f.sop_instance_uid for f in spool.failed()] == [sr.uid("amend:keep-me")]
+
+
+def test_short_of_space_the_registry_shrinks_instead_of_taking_the_room_of_received_srs(tmp_path, monkeypatch):
+    spool = Spool(tmp_path / "spool")
+    reports = [report(f"space-{n}") for n in range(4)]
+    spooled(spool, *reports)
+    for ds in reports[:3]:
+        settle_delivered(spool, ds)
+    monkeypatch.setattr("scp.spool.consumer.free_bytes", lambda _path: 1024 * 1024)  # statvfs says 1 MiB free
+    settle_delivered(spool, reports[3])
+    with sqlite3.connect(tmp_path / "spool" / DB_NAME) as conn:  # the two oldest went, the newest stays
+        remembered = {row[0] for row in conn.execute("SELECT sop_instance_uid FROM delivered_reports")}
+    conn.close()
+    assert remembered == {reports[2].SOPInstanceUID, reports[3].SOPInstanceUID}
