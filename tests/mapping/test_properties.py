@@ -562,6 +562,12 @@ CODE_VALUE_IS_A_SEQUENCE = Mutation("CodeValue := SQ [code item]", REPORT_MALIGN
                                     _put(0x00080100, "SQ", [sr.coded("x", "y", "z")]))
 TEXT_VALUE_IS_A_SEQUENCE = Mutation("TextValue := SQ [code item]", REPORT_COMMENT,
                                     _put(0x0040A160, "SQ", [sr.coded("x", "y", "z")]))
+# Whitespace outside the DS repertoire: pydicom decodes an invalid DS with the dataset's
+# character set (UTF-8: an em-space, which Decimal() would strip), the raw reader as Latin-1;
+# an LO keeps its leading blanks in pydicom. Both readers must refuse the value alike.
+NUMERIC_VALUE_WITH_EM_SPACE = Mutation("raw NumericValue '1\\u2003'", MEASURED_VALUES[0],
+                                       _raw(0x0040A30A, "DS", "1\u2003".encode("utf-8")))
+NUMERIC_VALUE_LO_WITH_TAB = Mutation("NumericValue := '\\t1'", MEASURED_VALUES[0], _put(0x0040A30A, "LO", "\t1"))
 
 # --- Tests -------------------------------------------------------------------------------------------
 
@@ -658,6 +664,8 @@ class TestPart10RoundTrip:
     @budget(20)
     @given(mutation=any_mutation)
     @example(mutation=TEXT_VALUE_IS_A_SEQUENCE)
+    @example(mutation=NUMERIC_VALUE_WITH_EM_SPACE)
+    @example(mutation=NUMERIC_VALUE_LO_WITH_TAB)
     def test_raw_and_decoded_content_sequence_map_alike(self, mutation: Mutation) -> None:
         """The raw Content Sequence reader and pydicom's decoding give the same Bundle."""
         data = sr.to_part10_bytes(_read_back(mutated(mutation)))
