@@ -85,7 +85,7 @@ def _base_report() -> Dataset:
         "1411", tracking_identifier="Lesion V", finding_site=sr.finding_site_item(sr.LUNG),
         items=[
             sr.image_item(sr.REFERENCED_SEGMENT, sr.SEGMENTATION_STORAGE, SEGMENTATION, segments=[1, 2]),
-            sr.uidref_item(sr.SOURCE_SERIES_FOR_SEGMENTATION, sr.uid("series:properties")),
+            sr.uidref_item(sr.SOURCE_SERIES_FOR_SEGMENTATION, sr.uid(f"series:{ct}")),
             sr.image_item(sr.SOURCE_IMAGE_FOR_SEGMENTATION, ct, ct_1),
             sr.image_item(sr.SOURCE_IMAGE_FOR_SEGMENTATION, ct, ct_2),
             sr.scoord3d_item("ELLIPSOID", [0, 0, 0, 20, 0, 0, 10, -8, 0, 10, 8, 0, 10, 0, -5, 10, 0, 5],
