@@ -84,6 +84,7 @@ _CODING_SCHEME_VERSION = 0x00080103
 _CODE_MEANING = 0x00080104
 _LONG_CODE_VALUE = 0x00080119
 _URN_CODE_VALUE = 0x00080120
+_RETIRED_SNOMED = frozenset({"SRT", "SNM3", "99SDM"})
 
 # A Decimal String value (PS3.5 6.2, VR DS): leading/trailing SPACE, then a fixed or
 # floating point number written with ASCII characters only.
@@ -210,15 +211,14 @@ def read_concept(item: Dataset | RawItem | None) -> Concept | None:
     value, scheme = as_text(value), as_text(_get(item, _CODING_SCHEME))
     if not value or not scheme:
         return None
-    if scheme == "SRT" and value in _SNOMED["SRT"]:
-        # The retired SNOMED-RT designator: same concept, SNOMED CT id (as pydicom's Code does).
-        value, scheme = _SNOMED["SRT"][value], "SCT"
-    return Concept(
-        value=value,
-        scheme=scheme,
-        meaning=as_text(_get(item, _CODE_MEANING)) or "",
-        scheme_version=_str(_get(item, _CODING_SCHEME_VERSION)),
-    )
+    meaning = as_text(_get(item, _CODE_MEANING)) or ""
+    version = _str(_get(item, _CODING_SCHEME_VERSION))
+    if scheme in _RETIRED_SNOMED and value in _SNOMED["SRT"]:
+        # A retired SNOMED designator: same concept, SNOMED CT id (as pydicom's Code does for
+        # SRT; PS3.16 8.1 reads SNM3 and 99SDM values as SRT ones). The SR's code is kept.
+        original = Concept(value=value, scheme=scheme, meaning=meaning, scheme_version=version)
+        return Concept(value=_SNOMED["SRT"][value], scheme="SCT", meaning=meaning, original=original)
+    return Concept(value=value, scheme=scheme, meaning=meaning, scheme_version=version)
 
 
 def _read_children(ds: Dataset | RawItem, path: str, skipped: list[Skipped],

@@ -184,6 +184,8 @@ def _decode(vr: str, raw: bytes, encodings: tuple[str, ...]) -> Any:
         return text
     if vr == "PN":
         return PersonName(raw.rstrip(b" \x00"), list(encodings)) if raw.strip(b" \x00") else None
+    if not raw:
+        return None  # as pydicom's empty value for a binary or numeric VR
     number_format = _NUMBER_FORMATS.get(vr)
     if number_format is not None:
         size = struct.calcsize(number_format)

@@ -63,6 +63,7 @@ class _Draft:
     kind: str = ""  # id kind when several selections of one profile come from one node
     source_image_focus: str | None = None  # focus[sourceImageForSegmentation], 0..1
     provenance_focus: str | None = None  # focus[sourceSRContentItem], 0..1: the first item's
+    more_codings: list[dict] = field(default_factory=list)  # the SR's original code, if translated
 
 
 @dataclass(slots=True)
@@ -287,10 +288,11 @@ def referenced_image(item: ContentNode, walk: _Walk) -> None:
     A plain selection of the image (frames as ``subset``) whose ``code`` is the item's concept,
     one per concept.
     """
-    code = walk.ctx.codes.coding(item.concept) if item.concept else dict(fixed.ORIGINAL_SOURCE)
+    codings = walk.ctx.codes.codings(item.concept) if item.concept else [dict(fixed.ORIGINAL_SOURCE)]
     slice_name = f"image:{item.label}"
     ref: ImageRef = item.value
-    draft = walk.draft("image-reference", code, item, slice_name)
+    draft = walk.draft("image-reference", codings[0], item, slice_name)
+    draft.more_codings = codings[1:]  # no pattern on code: the abstract profile claimed has none
     _add_instance(draft, _instance(ref), ref, walk)
     _add_focus(draft, item, walk)
 
@@ -499,6 +501,7 @@ def _finish(draft: _Draft, walk: _Walk) -> str:
     ctx = walk.ctx
     claimed = _CLAIMED_PROFILE.get(draft.profile, draft.profile)
     resource = _selection_base(ctx, ctx.id_for(walk.node, draft.kind or draft.profile), claimed, draft.code, _study_of(draft, walk))
+    resource["code"]["coding"] += draft.more_codings
     if draft.series_uid:
         resource["seriesUid"] = draft.series_uid
     if draft.frame_of_reference_uid:

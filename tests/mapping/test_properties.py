@@ -568,6 +568,8 @@ TEXT_VALUE_IS_A_SEQUENCE = Mutation("TextValue := SQ [code item]", REPORT_COMMEN
 NUMERIC_VALUE_WITH_EM_SPACE = Mutation("raw NumericValue '1\\u2003'", MEASURED_VALUES[0],
                                        _raw(0x0040A30A, "DS", "1\u2003".encode("utf-8")))
 NUMERIC_VALUE_LO_WITH_TAB = Mutation("NumericValue := '\\t1'", MEASURED_VALUES[0], _put(0x0040A30A, "LO", "\t1"))
+# An empty value of a binary VR: pydicom reads it as None, and so must the raw reader.
+RELATIONSHIP_TYPE_EMPTY_OB = Mutation("RelationshipType := OB b''", ((Tag(0x0040A730), 0),), _put(0x0040A010, "OB", b""))
 
 # --- Tests -------------------------------------------------------------------------------------------
 
@@ -666,6 +668,7 @@ class TestPart10RoundTrip:
     @example(mutation=TEXT_VALUE_IS_A_SEQUENCE)
     @example(mutation=NUMERIC_VALUE_WITH_EM_SPACE)
     @example(mutation=NUMERIC_VALUE_LO_WITH_TAB)
+    @example(mutation=RELATIONSHIP_TYPE_EMPTY_OB)
     def test_raw_and_decoded_content_sequence_map_alike(self, mutation: Mutation) -> None:
         """The raw Content Sequence reader and pydicom's decoding give the same Bundle."""
         data = sr.to_part10_bytes(_read_back(mutated(mutation)))
