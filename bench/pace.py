@@ -45,7 +45,7 @@ _Server = TypeVar("_Server", bound=LoopbackFhirServer)
 
 
 def write_reports(directory: Path, count: int, tag: str) -> list[Path]:
-    """``count`` small TID 1500 SRs (one group, two measurements: about 10 resources each, as
+    """``count`` small TID 1500 SRs (one group, two measurements: 8 resources each, as
     ``bench/ingest_bench.py`` sends), SOP Instance UIDs unique to ``tag``."""
     directory.mkdir(parents=True, exist_ok=True)
     template = sr.measurement_report([sr.measurement_group(
