@@ -1,71 +1,121 @@
-"""End-to-end speed: SRs acknowledged by the FHIR server (2xx) per second.
+"""Delivery to the loopback FHIR server at the server's own pace, in one run.
 
-Run from the repository root: ``.venv/bin/python bench/delivery_bench.py [--count 300]``.
-``sr2fhir serve`` receives ``--count`` small SRs (dcmtk storescu, 2 associations) and delivers
-them to the loopback FHIR server (tests/fhir_server, Medplum-based), directly and through the
-fault proxy with 50 ms of added latency per request, at forwarder concurrency 1 and 8. The
-baseline is concurrency 1 in the same run; target: concurrency hides the latency
-(>= 5x the throughput of concurrency 1 at 50 ms).
+Run from the repository root: ``.venv/bin/python bench/delivery_bench.py [--count 300] [--quick] [--json PATH]``.
+``--count`` small SRs (TID 1500, one group, about 10 resources each), on the loopback FHIR server
+(``tests/fhir_server``, Medplum's engine), a fresh server for each phase:
+
+(a) **ceiling**: a plain httpx ``AsyncClient`` POSTs the transaction Bundles the daemon would send
+    (the same SRs mapped and serialised beforehand, same headers), ``--concurrency`` at a time
+    (default: the daemon's ``forwarder.concurrency`` default): what the server itself takes.
+    Twice on one server: the first ``--count`` to the fresh server (it answers its first
+    requests slower: the JIT warms up), then ``--count`` more (the ceiling);
+(b) **end to end**: a fresh server is warmed and filled with the first set as in (a), then
+    ``sr2fhir serve`` receives the second set by C-STORE (dcmtk ``storescu``, 2 associations) and
+    delivers it, forwarder concurrency ``--concurrency``; timed from the first C-STORE to the
+    last 2xx (the log lines' timestamps). Ratio b/a, target >= 0.7;
+(c) **backlog drain**: the server is down while every SR arrives (all acknowledged, spooled),
+    then a fresh one starts on the configured port; timed from the moment it listens until the
+    last 2xx. Ratio against the fresh server's pace in (a), target >= 0.7;
+(d) **latency hidden by concurrency**: through the fault proxy with 50 ms added per request, at
+    forwarder concurrency 1 and 8; ratio 8/1, target >= 5 (skipped by ``--quick``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import QuietDaemon  # noqa: E402
-from bench.ingest_bench import push, write_reports  # noqa: E402
-from tests.support.daemon_process import write_config  # noqa: E402
-from tests.support.fault_proxy import FaultProxy, delay  # noqa: E402
+from bench.pace import (  # noqa: E402
+    backlog_drain,
+    ceiling_seconds,
+    cpu_report,
+    cpu_seconds,
+    end_to_end,
+    transaction_bodies,
+    write_reports,
+)
+from bench.report import json_report, ratio  # noqa: E402
+from scp.config.settings import ForwarderSettings  # noqa: E402
 from tests.fhir_server import FhirServer  # noqa: E402
+from tests.support.fault_proxy import FaultProxy, delay  # noqa: E402
 
-
-def run(files: list[Path], work: Path, base_url: str, concurrency: int, **fhir: Any) -> float:
-    """Seconds from the first C-STORE until the FHIR server acknowledged the last Bundle
-    (``fhir``: more keys of the ``fhir`` section)."""
-    work.mkdir()
-    config = write_config(work, fhir={"base_url": base_url, **fhir},
-                          forwarder={"concurrency": concurrency, "poll_interval_s": 0.05})
-    daemon = QuietDaemon(config).start()
-    try:
-        start = time.perf_counter()
-        push(daemon.port, "SR2FHIR", files, 2)
-        delivered = daemon.wait_events("bundle_delivered", len(files), timeout_s=1800, poll_s=0.2)
-        elapsed = time.perf_counter() - start
-        assert all(e["status_code"] == 200 for e in delivered)
-        return elapsed
-    finally:
-        daemon.stop()
+TARGET_PACE = 0.7
+TARGET_LATENCY_HIDDEN = 5.0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=300)
+    parser.add_argument("--count", type=int, default=None, help="SRs per phase (default 300, --quick 100)")
+    parser.add_argument("--concurrency", type=int, default=ForwarderSettings().concurrency,
+                        help="requests in flight, for the ceiling client and the daemon alike (default: the "
+                             "daemon's forwarder.concurrency default)")
+    parser.add_argument("--quick", action="store_true", help="fewer SRs, no latency phases (for bench/run_all.py)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the ratios to this file")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp, FhirServer() as server:
-        tmp_path = Path(tmp)
-        (tmp_path / "in").mkdir()
-        files = write_reports(tmp_path / "in", args.count)
-        print(f"{args.count} SRs -> loopback FHIR server ({len(files)} transactions of ~10 resources each)")
-        results = {}
-        with FaultProxy(server.base_url) as proxy:
-            proxy.set_mode(delay(0.05))
-            for label, url, concurrency in (
-                ("direct, concurrency 4", server.base_url, 4),
-                ("+50 ms latency, concurrency 1", proxy.base_url, 1),
-                ("+50 ms latency, concurrency 8", proxy.base_url, 8),
-            ):
-                seconds = run(files, tmp_path / label.replace(" ", "_").replace(",", "").replace("+", ""), url, concurrency)
-                results[label] = args.count / seconds
-                print(f"  {label:<32} {results[label]:7.1f} SR/s delivered (2xx) end to end, {seconds:.1f} s")
-        ratio = results["+50 ms latency, concurrency 8"] / results["+50 ms latency, concurrency 1"]
-        print(f"  ratio concurrency 8 / 1 at 50 ms = {ratio:.1f}  (target >= 5)")
+    count = args.count or (100 if args.quick else 300)
+    concurrency = args.concurrency
+    with tempfile.TemporaryDirectory() as tmp, json_report(args.json, "delivery_bench") as report:
+        work = Path(tmp)
+        first, second = write_reports(work / "first", count, "first"), write_reports(work / "second", count, "second")
+        first_bodies, second_bodies = transaction_bodies(first), transaction_bodies(second)
+        resources = len(json.loads(first_bodies[0])["entry"])
+        print(f"{count} SRs ({resources} resources each, one transaction per SR) -> loopback FHIR server "
+              f"(tests/fhir_server), concurrency {concurrency}")
+        with FhirServer() as server:  # a fresh server answers its first requests slower: measured apart
+            cold_s = ceiling_seconds(server.base_url, first_bodies, concurrency)
+            cpu_before = {"client": time.process_time(), "server": cpu_seconds(server.pid)}
+            warm_s = ceiling_seconds(server.base_url, second_bodies, concurrency)
+            cpu = {"client": time.process_time() - cpu_before["client"],
+                   "server": cpu_seconds(server.pid) - cpu_before["server"]}
+        cold, ceiling = count / cold_s, count / warm_s
+        print(f"  (a) ceiling: httpx POSTs of the same Bundles   {ceiling:7.1f} SR/s  ({warm_s:.1f} s; "
+              f"the first {count} to a fresh server: {cold:.1f} SR/s)")
+        print(f"      {cpu_report(cpu, count)}")
+        with FhirServer() as server:  # warmed and filled alike, then the same SRs as (a) measured
+            ceiling_seconds(server.base_url, first_bodies, concurrency)
+            ours = end_to_end(second, work / "e2e", server.base_url, concurrency, server_pid=server.pid)
+        assert ours.statuses == {200}, ours.statuses
+        e2e = count / ours.seconds
+        print(f"  (b) sr2fhir end to end: C-STORE in -> 2xx     {e2e:7.1f} SR/s  ({ours.seconds:.1f} s)"
+              f"   b/a = {e2e / ceiling:.2f}  (target >= {TARGET_PACE})")
+        print(f"      {cpu_report(ours.cpu_s, count)}")
+        drain = backlog_drain(first, work / "drain", lambda _port: FhirServer(), FhirServer.base_path, concurrency)
+        drained = count / drain.seconds
+        print(f"  (c) backlog drain after an outage              {drained:7.1f} SR/s  ({drain.seconds:.1f} s from "
+              f"the server listening to the last 2xx; first 2xx after {drain.first_2xx_s:.2f} s; "
+              f"worker CPU {drain.worker_cpu_s / count * 1000:.1f} ms per SR)")
+        print(f"      against the first {count} to a fresh server in (a): c/a = {drained / cold:.2f}"
+              f"  (target >= {TARGET_PACE})")
+        baseline = f"plain httpx AsyncClient POSTing the same Bundles, concurrency {concurrency}, same run"
+        report.append(ratio("end to end / server ceiling (loopback)", e2e / ceiling, TARGET_PACE, baseline,
+                            ceiling=f"{ceiling:.1f} SR/s", **{"end to end": f"{e2e:.1f} SR/s", "SRs": str(count),
+                                                      "CPU, ceiling": cpu_report(cpu, count),
+                                                      "CPU, end to end": cpu_report(ours.cpu_s, count)}))
+        report.append(ratio("backlog drain / server ceiling (loopback, fresh server)", drained / cold, TARGET_PACE,
+                            baseline + ", to a fresh server as the drain's",
+                            ceiling=f"{cold:.1f} SR/s", drain=f"{drained:.1f} SR/s", SRs=str(count),
+                            **{"first 2xx after server up": f"{drain.first_2xx_s:.2f} s",
+                               "worker CPU per SR": f"{drain.worker_cpu_s / count * 1000:.1f} ms"}))
+        if not args.quick:
+            rates = {}
+            with FhirServer() as server, FaultProxy(server.base_url) as proxy:
+                proxy.set_mode(delay(0.05))
+                for slots in (1, 8):
+                    run = end_to_end(first, work / f"latency{slots}", proxy.base_url, slots)
+                    rates[slots] = count / run.seconds
+                    print(f"  (d) +50 ms per request, concurrency {slots}          {rates[slots]:7.1f} SR/s  "
+                          f"({run.seconds:.1f} s)")
+            hidden = rates[8] / rates[1]
+            print(f"      concurrency 8 / 1 at 50 ms = {hidden:.1f}  (target >= {TARGET_LATENCY_HIDDEN})")
+            report.append(ratio("concurrency 8 / 1 at +50 ms latency", hidden, TARGET_LATENCY_HIDDEN,
+                                "forwarder concurrency 1, +50 ms per request, same run",
+                                **{"concurrency 1": f"{rates[1]:.1f} SR/s", "concurrency 8": f"{rates[8]:.1f} SR/s"}))
     return 0
 
 

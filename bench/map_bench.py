@@ -1,6 +1,6 @@
 """Mapping speed: read + map + serialise, against pydicom's read alone and highdicom's parse.
 
-Run from the repository root: ``.venv/bin/python bench/map_bench.py [--repeat N]``.
+Run from the repository root: ``.venv/bin/python bench/map_bench.py [--repeat N] [--quick] [--json PATH]``.
 Prints, for a small report and a 60-group x 4-measurement report, the median time per SR of
 
 - ``dcmread``: ``pydicom.dcmread`` of the Part 10 bytes alone (the baseline the issue names;
@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import highdicom  # noqa: E402
 import pydicom  # noqa: E402
 
+from bench.report import json_report, ratio  # noqa: E402
 from mapping import map_sr, serialize  # noqa: E402
 from tests.support import sr_builders as sr  # noqa: E402
 
@@ -100,12 +101,26 @@ def measure(name: str, data: bytes, repeat: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=30, help="timed runs per measurement (default 30)")
+    parser.add_argument("--repeat", type=int, default=None, help="timed runs per measurement (default 30, --quick 8)")
+    parser.add_argument("--quick", action="store_true", help="fewer runs (for bench/run_all.py)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the ratios to this file")
     args = parser.parse_args(argv)
+    repeat = args.repeat or (8 if args.quick else 30)
     print(f"python {sys.version.split()[0]}, pydicom {pydicom.__version__}, highdicom {highdicom.__version__}; "
-          f"median of {args.repeat} runs")
-    measure("small report (1 group x 2 measurements)", small_report(), args.repeat)
-    measure("large report (60 groups x 4 measurements)", large_report(), max(5, args.repeat // 3))
+          f"median of {repeat} runs")
+    with json_report(args.json, "map_bench") as report:
+        for size, name, data, runs in (
+                ("small", "small report (1 group x 2 measurements)", small_report(), repeat),
+                ("large", "large report (60 groups x 4 measurements)", large_report(), max(5, repeat // 3))):
+            times = measure(name, data, runs)
+            figures = {label: f"{seconds * 1000:.2f} ms/SR" for label, seconds in times.items()}
+            report.append(ratio(f"speed-up over highdicom parse ({size})", times["highdicom"] / times["sr2fhir"], 1.0,
+                                "highdicom srread + get_planar_roi_measurement_groups(), same run", **figures))
+            report.append(ratio(f"dcmread / sr2fhir ({size})", times["dcmread"] / times["sr2fhir"], 0.5,
+                                "pydicom dcmread alone (deferred decoding), same run; issue target sr2fhir <= 2x",
+                                **figures))
+            report.append(ratio(f"speed-up over full decode ({size})", times["dcmread+decode"] / times["sr2fhir"],
+                                None, "pydicom dcmread + decoding every element, same run", **figures))
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"\npeak RSS of this process: {peak_kib / 1024:.1f} MiB")
     return 0

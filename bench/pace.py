@@ -1,0 +1,216 @@
+"""Delivery at the server's pace: the pieces the delivery benchmarks share.
+
+* :func:`transaction_bodies` maps SR files and serialises the Bundles exactly as the daemon's
+  FHIR client does (same mapping, same JSON bytes), so the ceiling client sends what the daemon
+  would send;
+* :func:`ceiling_seconds`: a plain httpx ``AsyncClient`` POSTing those bodies with the same
+  concurrency and headers: the server's own pace, the baseline of every ratio here;
+* :func:`end_to_end` / :func:`backlog_drain`: ``sr2fhir serve`` (:class:`bench.harness.QuietDaemon`)
+  receiving the SRs by C-STORE and delivering them; timed from the log lines' own timestamps,
+  so polling the log costs the measurement nothing;
+* :func:`on_port`: a loopback FHIR server started on a port chosen beforehand (the daemon is
+  configured with it while nothing listens there: an outage);
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from io import BytesIO
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pydicom
+import simplejson
+
+from bench.harness import QuietDaemon
+from bench.ingest_bench import push
+from fhir_client.client import _TRANSACTION_HEADERS
+from mapping import MappingOptions, map_sr
+from tests.support.daemon_process import write_config
+from tests.support import sr_builders as sr
+from tests.support.loopback_server import LoopbackFhirServer
+
+SHORT_RETRY = {"initial_backoff_s": 0.05, "max_backoff_s": 0.5, "jitter_s": 0.05}
+"""``fhir.retry`` of the benchmark daemons: an outage ends within half a second of the server
+coming up (the default backs off to 60 s; the drain figure would then measure the backoff)."""
+
+_Server = TypeVar("_Server", bound=LoopbackFhirServer)
+
+
+def write_reports(directory: Path, count: int, tag: str) -> list[Path]:
+    """``count`` small TID 1500 SRs (one group, two measurements: 8 resources each, as
+    ``bench/ingest_bench.py`` sends), SOP Instance UIDs unique to ``tag``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    template = sr.measurement_report([sr.measurement_group(
+        "1410", finding_site=sr.finding_site_item(sr.LUNG),
+        items=[sr.scoord_item("POLYLINE", [1, 2, 3, 4, 5, 6], sr.source_image(sr.CT_IMAGE_STORAGE, sr.uid("ct:1")))],
+        measurements=[sr.num_item(sr.LENGTH, 12.5, sr.MM), sr.num_item(sr.AREA, 99.0, sr.MM2)])])
+    paths = []
+    for index in range(count):
+        template.SOPInstanceUID = sr.uid(f"pace:{tag}:{index}")
+        template.file_meta.MediaStorageSOPInstanceUID = template.SOPInstanceUID
+        path = directory / f"{tag}{index:05d}.dcm"
+        path.write_bytes(sr.to_part10_bytes(template))
+        paths.append(path)
+    return paths
+
+
+def transaction_bodies(files: list[Path], release: str = "r5") -> list[bytes]:
+    """The request bodies the daemon would POST for ``files`` (one transaction per SR)."""
+    options = MappingOptions(fhir_version=release)
+    bodies = []
+    for path in files:
+        bundle = map_sr(pydicom.dcmread(BytesIO(path.read_bytes())), options).bundle
+        # as fhir_client.FhirClient.send serialises it
+        bodies.append(simplejson.dumps(bundle, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                                       use_decimal=True).encode())
+    return bodies
+
+
+async def _post_all(base_url: str, bodies: list[bytes], concurrency: int, retry_conflicts: bool) -> float:
+    slots = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=concurrency,
+                                                                  max_keepalive_connections=concurrency)) as client:
+        async def one(body: bytes) -> None:
+            async with slots:
+                for _ in range(20 if retry_conflicts else 1):
+                    # HAPI answers 409 when two transactions create one shared Device at once
+                    response = await client.post(base_url, content=body, headers=_TRANSACTION_HEADERS)
+                    if response.status_code != 409:
+                        break
+                response.raise_for_status()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(body) for body in bodies))
+        return time.perf_counter() - start
+
+
+def ceiling_seconds(base_url: str, bodies: list[bytes], concurrency: int, *, retry_conflicts: bool = False) -> float:
+    """Seconds for a plain httpx client to POST every body, ``concurrency`` at a time (all 2xx)."""
+    return asyncio.run(_post_all(base_url, bodies, concurrency, retry_conflicts))
+
+
+def cpu_report(cpu_s: dict[str, float], count: int) -> str:
+    """``listener 4.1, worker 6.9, server 3.0 ms CPU per SR``."""
+    return ", ".join(f"{name} {seconds / count * 1000:.1f}" for name, seconds in cpu_s.items()) + " ms CPU per SR"
+
+
+def _event_time(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(event["timestamp"]).timestamp()
+
+
+@dataclass
+class Delivered:
+    """How long the daemon took: from ``start`` (wall clock) to the last 2xx, and the first."""
+
+    seconds: float
+    first_2xx_s: float
+    attempts: int = 0
+    statuses: set[int] = field(default_factory=set)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    """CPU time (user + system) of each process over the run: listener (the daemon's main
+    process), worker, server (when its pid was given)."""
+
+
+def _delivered(daemon: QuietDaemon, count: int, start_wall: float) -> Delivered:
+    events = daemon.wait_events("bundle_delivered", count, timeout_s=1800, poll_s=0.2)
+    times = sorted(_event_time(e) for e in events)
+    return Delivered(times[-1] - start_wall, times[0] - start_wall, sum(e["attempts"] for e in events),
+                     {e["status_code"] for e in events})
+
+
+def daemon_config(work: Path, base_url: str, concurrency: int, **fhir: Any) -> Path:
+    """A daemon config delivering to ``base_url`` (``fhir``: more keys of the ``fhir`` section)."""
+    work.mkdir()
+    return write_config(work, fhir={"base_url": base_url, "retry": SHORT_RETRY, **fhir},
+                        forwarder={"concurrency": concurrency, "poll_interval_s": 0.05})
+
+
+def end_to_end(files: list[Path], work: Path, base_url: str, concurrency: int, associations: int = 2,
+               server_pid: int | None = None, **fhir: Any) -> Delivered:
+    """C-STORE ``files`` into a fresh daemon; time from the first C-STORE to the last 2xx."""
+    daemon = QuietDaemon(daemon_config(work, base_url, concurrency, **fhir)).start()
+    try:
+        pids = dict(zip(("listener", "worker"), daemon.pids()))
+        if server_pid is not None:
+            pids["server"] = server_pid
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        start = time.time()
+        push(daemon.port, "SR2FHIR", files, associations)
+        done = _delivered(daemon, len(files), start)
+        done.cpu_s = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+        return done
+    finally:
+        daemon.stop()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def on_port(server: _Server, port: int) -> _Server:
+    """``server`` (not started) made to listen on ``port`` instead of an ephemeral one."""
+    command = server.command
+
+    def fixed_port_command() -> tuple[list[str], Path]:
+        args, cwd = command()
+        at = args.index("--port")
+        return [*args[:at + 1], str(port), *args[at + 2:]], cwd
+
+    server.command = fixed_port_command  # type: ignore[method-assign]
+    return server
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, from ``/proc/<pid>/stat``."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Drain:
+    """A backlog drained after an outage: ``seconds`` from the server answering to the last 2xx."""
+
+    seconds: float
+    first_2xx_s: float
+    startup_s: float
+    spooled_s: float
+    worker_cpu_s: float
+    """CPU time (user + system) the worker process used from the server's start to the last 2xx."""
+
+
+def backlog_drain(files: list[Path], work: Path, make_server: Callable[[int], LoopbackFhirServer],
+                  base_path: str, concurrency: int, associations: int = 2, **fhir: Any) -> Drain:
+    """The FHIR server is down while every SR arrives (all acknowledged, spooled); then it
+    starts on the port the daemon was configured with. Timed from the moment the server printed
+    that it listens (its startup is not counted) until the daemon logged the last 2xx."""
+    port = free_port()
+    daemon = QuietDaemon(daemon_config(work, f"http://127.0.0.1:{port}{base_path}", concurrency, **fhir)).start()
+    try:
+        start = time.perf_counter()
+        push(daemon.port, "SR2FHIR", files, associations)
+        spooled_s = time.perf_counter() - start
+        assert not daemon.events("bundle_delivered"), "delivered while the server was down"
+        server = on_port(make_server(port), port)
+        worker = daemon.pids()[1]
+        cpu_before = cpu_seconds(worker)
+        before = time.perf_counter()
+        with server:
+            up = time.time()
+            startup_s = time.perf_counter() - before
+            done = _delivered(daemon, len(files), up)
+            worker_cpu_s = cpu_seconds(worker) - cpu_before
+        return Drain(done.seconds, done.first_2xx_s, startup_s, spooled_s, worker_cpu_s)
+    finally:
+        daemon.stop()
