@@ -8,7 +8,11 @@ ties to the lowest index, so which process serves which association is known.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 
 import httpx
@@ -90,6 +94,55 @@ def test_stores_on_two_processes_are_counted_once_each_in_one_metrics_view(tmp_p
         assert {e["listener_process"] for e in daemon.named("sr_spooled")} == {0, 1}
         assert metric(base, 'sr2fhir_instances_received_total{calling_ae="PACS"}') == 7
         daemon.wait_for("bundle_delivered", count=7)
+
+
+@pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk's storescu is not installed (scripts/test.sh installs it)")
+def test_concurrent_dcmtk_and_pynetdicom_associations_are_each_stored_once_on_both_processes(tmp_path):
+    config = write_config(tmp_path, dicom={"host": "127.0.0.1", "port": 0, "ae_title": "SR2FHIR",
+                                           "listener_processes": 2},
+                          health={"host": "127.0.0.1", "port": 0})
+    batches = {f"DCMTK{n}": [f"dcmtk{n}-{i}" for i in range(6)] for n in range(3)}
+    files: dict[str, list[str]] = {}
+    for calling, names in batches.items():
+        files[calling] = []
+        for name in names:
+            path = tmp_path / f"{name}.dcm"
+            report(name).save_as(path, enforce_file_format=True)
+            files[calling].append(str(path))
+    with DaemonProcess(config) as daemon:
+        base = f"http://127.0.0.1:{daemon.wait_for('health_endpoint_started')['port']}"
+        daemon.wait_for("association_process_started", count=2)
+
+        def dcmtk(calling: str) -> list[str]:
+            proc = subprocess.run(["storescu", "-R", "-aet", calling, "-aec", "SR2FHIR", "127.0.0.1",
+                                   str(daemon.port), *files[calling]],
+                                  env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            return [str(report(name).SOPInstanceUID) for name in batches[calling]]
+
+        def pynetdicom(calling: str) -> list[str]:
+            assoc = associate(daemon.port, calling)
+            assert assoc.is_established
+            stored = [store(assoc, f"{calling}-{i}") for i in range(6)]
+            assoc.release()
+            assert [status for _, status in stored] == [0] * 6
+            return [uid for uid, _ in stored]
+
+        held = associate(daemon.port, "HOLD")  # on process 0: the next connection goes to process 1
+        assert held.is_established
+        with ThreadPoolExecutor(max_workers=5) as pool:
+            futures = [pool.submit(dcmtk, calling) for calling in batches]
+            futures += [pool.submit(pynetdicom, calling) for calling in ("SCU0", "SCU1")]
+            sent = [uid for future in futures for uid in future.result(timeout=120)]
+        held.release()
+        assert len(set(sent)) == 30
+        daemon.wait_for("bundle_delivered", lambda e: e["sop_instance_uid"] in sent, count=30)
+        assert Counter(e["sop_instance_uid"] for e in daemon.named("sr_spooled")) == Counter(sent)  # once each
+        daemon.wait_for("association_closed", lambda e: e["calling_ae"] == "HOLD")
+        assert {e["listener_process"] for e in daemon.named("association_closed")} == {0, 1}
+        received = sum(metric(base, f'sr2fhir_instances_received_total{{calling_ae="{calling}"}}')
+                       for calling in [*batches, "SCU0", "SCU1"])
+        assert received == 30
 
 
 def test_a_killed_association_process_is_restarted_and_no_acknowledged_instance_is_lost(tmp_path):
