@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, FilePath, ValidationInfo, field_validator
 
@@ -100,6 +101,12 @@ class DicomSettings(Frozen):
     Who may send: ``allowed_calling_ae_titles`` (from any address) plus ``allowed_peers``
     (an AE title from the listed addresses only); both empty = accept any caller. An AE
     title may be in only one of the two.
+
+    ``listener_processes``: how many processes serve associations. 1 (the default): the
+    daemon's own process, as before. ``auto`` (one per CPU core this process may run on) or
+    N >= 2: the daemon accepts each connection and hands it to the association process
+    serving the fewest (see :mod:`scp.dicom.acceptor`), so ``max_associations`` and the
+    allow lists stay global; metrics, audit and logs are gathered in the daemon.
     """
 
     ae_title: AETitle = "SR2FHIR"
@@ -115,6 +122,31 @@ class DicomSettings(Frozen):
     require_called_ae_title: bool = True
     tcp_nodelay: bool = True
     tls: DicomTlsSettings = DicomTlsSettings()
+    listener_processes: Literal["auto"] | int = Field(default=1)
+
+    @field_validator("listener_processes", mode="before")
+    @classmethod
+    def _process_count(cls, value: Any) -> Literal["auto"] | int:
+        # One message for every bad value (not pydantic's one per union member); the
+        # environment gives strings, so "4" and "AUTO" are taken too.
+        text = value.strip().lower() if isinstance(value, str) else None
+        if text == "auto":
+            return "auto"
+        if text is not None and text.isdigit():
+            value = int(text)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
+            raise ValueError(f"must be auto (one process per CPU core) or a number of processes from 1 to 64, "
+                             f"not {value!r}")
+        return value
+
+    def listener_process_count(self) -> int:
+        """``listener_processes`` as a number: ``auto`` is the CPU cores this process may use."""
+        if self.listener_processes == "auto":
+            try:
+                return max(1, len(os.sched_getaffinity(0)))
+            except (AttributeError, OSError):
+                return max(1, os.cpu_count() or 1)
+        return int(self.listener_processes)
 
     @field_validator("allowed_peers")
     @classmethod

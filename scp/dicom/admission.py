@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import (
     IPv4Address,
@@ -107,6 +107,8 @@ class AssociationGate:
     ``check_free_space``, the spool's free space against ``policy.min_free_bytes``. The
     first failure answers A-ASSOCIATE-RJ: permanent for who the caller is, transient for
     capacity. A check that fails unexpectedly rejects (transient) rather than admits.
+    ``over_limit`` (an association process) replaces the local association count with the
+    daemon acceptor's verdict, which counts every process's connections.
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class AssociationGate:
         writer: SpoolWriter,
         policy: ListenerPolicy,
         check_free_space: bool,
+        over_limit: Callable[[Association], bool] | None = None,
     ) -> None:
         self._ae_title = ae_title.strip()
         self._require_called = require_called_ae_title
@@ -133,6 +136,7 @@ class AssociationGate:
         self._writer = writer
         self._policy = policy
         self._check_free_space = check_free_space
+        self._over_limit = over_limit
         self._reasons: weakref.WeakKeyDictionary[Association, str] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
@@ -157,8 +161,11 @@ class AssociationGate:
             if address is None or not any(address in network for network in networks):
                 return _Rejection(_PERMANENT, _SERVICE_USER, _CALLING_AE_NOT_RECOGNISED,
                                   "calling AE title not allowed from this address")
-        active = sum(1 for other in assoc.ae.active_associations if other.is_acceptor)
-        if active > self._max_associations:  # this request's own thread is counted too
+        if self._over_limit is not None:  # an association process: the daemon's acceptor counts them all
+            over = self._over_limit(assoc)
+        else:  # this request's own thread is counted too
+            over = sum(1 for other in assoc.ae.active_associations if other.is_acceptor) > self._max_associations
+        if over:
             return _Rejection(_TRANSIENT, _SERVICE_PROVIDER_PRESENTATION, _LOCAL_LIMIT_EXCEEDED,
                               f"too many associations (dicom.max_associations is {self._max_associations})")
         if (self._check_free_space and self._policy.min_free_bytes

@@ -36,6 +36,7 @@ from mapping import SR_STORAGE_SOP_CLASSES
 from ..spool import SpoolWriter
 from .admission import AllowedPeer, AssociationGate, ListenerPolicy, PeerRule
 from .association_log import AssociationLog
+from .handoff import HandedConnections
 from .store import StoreObserver, handle_store
 
 __all__ = [
@@ -143,15 +144,17 @@ class _AssociationServer(ThreadedAssociationServer):
     def get_request(self) -> tuple[socket.socket, Any]:
         assert self.socket is not None
         client, address = self.socket.accept()
+        return self._wrapped(client), address
+
+    def _wrapped(self, client: socket.socket) -> socket.socket:
         if not self.ssl_context:
-            return client, address
+            return client
         client.settimeout(self.handshake_timeout_s)
         try:
-            wrapped = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+            return self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         except (OSError, ValueError):
             client.close()
             raise
-        return wrapped, address
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         if isinstance(request, ssl.SSLSocket):
@@ -166,12 +169,55 @@ class _AssociationServer(ThreadedAssociationServer):
         super().process_request_thread(request, client_address)
 
 
+class _HandoffServer(_AssociationServer):
+    """An association process's server: connections come from the daemon's acceptor over a
+    channel (:class:`HandedConnections`), not from ``accept``; the rest is unchanged.
+
+    The channel's socket stands in for the listening socket (``serve_forever`` selects on it),
+    and is not closed with the server: the daemon still hears the last connections end.
+    """
+
+    handed: HandedConnections
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.close()  # the TCP socket socketserver made; never bound
+        self.handed = self.ae.handed  # type: ignore[attr-defined]
+        self.socket = self.handed.channel.socket
+        self.server_address = self.handed.address
+
+    def server_activate(self) -> None:
+        pass
+
+    def server_close(self) -> None:
+        pass
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        client, address, conn_id, over_limit = self.handed.receive()
+        try:
+            request = self._wrapped(client)
+        except (OSError, ValueError):
+            self.handed.done(conn_id)
+            raise
+        self.handed.arrived(request, conn_id, over_limit)
+        return request, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.handed.never_opened(request)
+
+
 class _AE(AE):
-    """An AE whose non-blocking servers are :class:`_AssociationServer`."""
+    """An AE whose non-blocking servers are :class:`_AssociationServer` (:class:`_HandoffServer`
+    when ``handed`` is set: an association process)."""
+
+    handed: HandedConnections | None = None
 
     def make_server(self, address: Any, *args: Any, server_class: Any = None, **kwargs: Any) -> Any:
         if server_class is ThreadedAssociationServer:
-            server_class = _AssociationServer
+            server_class = _AssociationServer if self.handed is None else _HandoffServer
         server = super().make_server(address, *args, server_class=server_class, **kwargs)
         if isinstance(server, _AssociationServer) and self.acse_timeout:
             server.handshake_timeout_s = self.acse_timeout
@@ -242,6 +288,7 @@ def start_listener(
     ssl_context: ssl.SSLContext | None = None,
     reject_associations_below_min_free: bool = False,
     store_observers: Sequence[StoreObserver] = (),
+    handed: HandedConnections | None = None,
 ) -> Listener:
     """Bind the SCP and serve in background threads; returns once the port is bound.
 
@@ -251,11 +298,14 @@ def start_listener(
     :func:`scp.dicom.tls.server_ssl_context`); the port then speaks TLS only.
     ``reject_associations_below_min_free``: refuse associations (transient A-ASSOCIATE-RJ)
     while the spool has less than ``policy.min_free_bytes`` free, besides answering
-    C-STOREs 0xA700 then.
+    C-STOREs 0xA700 then. ``handed``: serve connections the daemon's acceptor hands over
+    (an association process, see :mod:`scp.dicom.acceptor`) instead of binding ``host:port``;
+    the acceptor then decides who is over ``max_associations``.
     """
     if ssl_context is not None and ssl_context.minimum_version < ssl.TLSVersion.TLSv1_2:
         raise ValueError("the DICOM listener's TLS context must not allow versions below TLS 1.2")
     ae = _AE(ae_title=ae_title)
+    ae.handed = handed
     ae.maximum_associations = max_associations
     ae.acse_timeout = acse_timeout_s
     ae.dimse_timeout = dimse_timeout_s
@@ -271,6 +321,7 @@ def start_listener(
         writer=writer,
         policy=policy,
         check_free_space=reject_associations_below_min_free,
+        over_limit=None if handed is None else handed.over_limit,
     )
     if gate.allowed_titles:
         ae.require_calling_aet = gate.allowed_titles  # a backstop: the gate decides first
@@ -279,7 +330,10 @@ def start_listener(
     ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
     associations = AssociationLog()
     listener = Listener(ae)
-    handlers: list = [
+    # The acceptor hears a connection's end before its association_closed line (tests and
+    # operators who saw the line may connect again at once).
+    handlers: list = [] if handed is None else [(evt.EVT_CONN_OPEN, handed.opened), (evt.EVT_CONN_CLOSE, handed.closed)]
+    handlers += [
         (evt.EVT_REQUESTED, gate.on_requested),
         (evt.EVT_REJECTED, gate.on_rejected),
         (evt.EVT_C_STORE, handle_store, [writer, policy, [*store_observers, associations]]),

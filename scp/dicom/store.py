@@ -1,10 +1,10 @@
 """The C-STORE handler: check the SR, make it durable in the spool, and only then answer.
 
-``handle_store`` decodes only what the acknowledgement needs (SOP class and instance, and
-that there is a content tree), packs the instance as Part 10, puts it through the spool
-writer, and only then answers Success. Failures are statuses (0xA700 when the spool is full
-or unwritable, 0xA900, 0xC210, 0xC211, 0xC2FF), never exceptions: the handler does not
-raise. Each answer is told to the :class:`StoreObserver` instances.
+``handle_store`` reads only what the acknowledgement needs (SOP class and instance, and
+that there is a content tree: from the element headers, :mod:`.sr_peek`), packs the
+instance as Part 10, puts it through the spool writer, and only then answers Success.
+Failures are statuses (0xA700 when the spool is full or unwritable, 0xA900, 0xC210, 0xC211,
+0xC2FF), never exceptions: the handler does not raise. Each answer is told to the :class:`StoreObserver` instances.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from mapping import SR_STORAGE_SOP_CLASSES
 from ..spool import RecordFields, SpoolError, SpoolFullError, SpoolWriter
 from .admission import ListenerPolicy
 from .part10 import part10_bytes
+from .sr_peek import MalformedDataset, SrPeek, peek_sr
 
 __all__ = [
     "CANNOT_UNDERSTAND",
@@ -69,20 +70,20 @@ def _store(event: evt.Event, writer: SpoolWriter, policy: ListenerPolicy) -> int
     calling_ae = event.assoc.requestor.ae_title
     request_uid = str(event.request.AffectedSOPInstanceUID or "")
     try:
+        encoded = event.encoded_dataset(include_meta=False)
         try:
-            ds = event.dataset
-            sop_class_uid = str(ds.SOPClassUID)
-            sop_instance_uid = str(ds.SOPInstanceUID)
+            peek = _peek(event, encoded)
         except Exception as exc:  # noqa: BLE001 - any decode failure is "cannot understand"
             log.warning("sr_refused", calling_ae=calling_ae, sop_instance_uid=request_uid,
                         status=CANNOT_UNDERSTAND, reason=f"dataset not decodable: {type(exc).__name__}")
             return CANNOT_UNDERSTAND
+        sop_class_uid, sop_instance_uid = peek.sop_class_uid, peek.sop_instance_uid
         if sop_class_uid != str(event.request.AffectedSOPClassUID) or sop_instance_uid != request_uid:
             log.warning("sr_refused", calling_ae=calling_ae, sop_instance_uid=request_uid,
                         status=DATASET_DOES_NOT_MATCH_SOP_CLASS,
                         reason="SOP Class/Instance UID in the dataset differ from the request")
             return DATASET_DOES_NOT_MATCH_SOP_CLASS
-        if sop_class_uid not in SR_STORAGE_SOP_CLASSES or _CONTENT_SEQUENCE not in ds:
+        if sop_class_uid not in SR_STORAGE_SOP_CLASSES or not peek.has_content_sequence:
             log.warning("sr_refused", calling_ae=calling_ae, sop_instance_uid=sop_instance_uid,
                         status=NOT_A_STRUCTURED_REPORT, reason="no SR content tree (Content Sequence)")
             return NOT_A_STRUCTURED_REPORT
@@ -98,7 +99,7 @@ def _store(event: evt.Event, writer: SpoolWriter, policy: ListenerPolicy) -> int
             calling_ae=calling_ae,
         )
         try:
-            data = part10_bytes(event.encoded_dataset(include_meta=False), sop_class_uid=sop_class_uid,
+            data = part10_bytes(encoded, sop_class_uid=sop_class_uid,
                                 sop_instance_uid=sop_instance_uid, transfer_syntax_uid=fields.transfer_syntax_uid)
             item_id = writer.put(fields, data)
         except SpoolFullError as exc:
@@ -114,3 +115,20 @@ def _store(event: evt.Event, writer: SpoolWriter, policy: ListenerPolicy) -> int
     except Exception:  # noqa: BLE001 - the boundary: a status, never a crash
         log.exception("sr_store_failed", calling_ae=calling_ae, sop_instance_uid=request_uid)
         return PROCESSING_FAILURE
+
+
+def _peek(event: evt.Event, encoded: bytes) -> SrPeek:
+    """The UIDs and Content Sequence presence: from the element headers
+    (:func:`~.sr_peek.peek_sr`) for little-endian, non-deflated datasets; from pydicom's
+    decode otherwise, and for what the header walk finds malformed or without a UID (so
+    nothing pydicom reads is refused). Raises when neither can read the dataset."""
+    syntax = event.context.transfer_syntax
+    if syntax.is_little_endian and not syntax.is_deflated:
+        try:
+            peek = peek_sr(encoded, implicit_vr=syntax.is_implicit_VR)
+            if peek.sop_class_uid and peek.sop_instance_uid:
+                return peek
+        except MalformedDataset:
+            pass
+    ds = event.dataset
+    return SrPeek(str(ds.SOPClassUID), str(ds.SOPInstanceUID), _CONTENT_SEQUENCE in ds)

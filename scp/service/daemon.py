@@ -30,7 +30,8 @@ from ..telemetry.audit import AuditLog, AuditSource, AuditTrail
 from ..config import Settings
 from ..dicom.tls import server_ssl_context
 from ..telemetry.health import HealthServer, Readiness
-from ..dicom.listener import ListenerPolicy, StoreObserver, start_listener
+from ..dicom.acceptor import ForwardedStore, StoreAnswerObserver
+from ..dicom.listener import Listener, ListenerPolicy, StoreObserver, start_listener
 from ..telemetry.metrics import (
     CachedSpoolStatus,
     DaemonMetrics,
@@ -41,6 +42,7 @@ from ..telemetry.metrics import (
     render,
 )
 from ..spool import Spool, open_spool
+from .listener_pool import ListenerPool
 from .systemd import Notifier, ProgressCheck, Sampler, ServiceMonitor, without_notify_env
 from .worker import PARENT_PID_ENV, heartbeat_path
 
@@ -113,27 +115,35 @@ def serve(settings: Settings, config_path: Path | None) -> int:
     audit = (AuditTrail(audit_log, AuditSource(dicom.ae_title), include_phi=settings.audit.include_phi)
              if audit_log is not None else None)
     store_observers: list[StoreObserver] = [daemon_metrics, *([audit] if audit is not None else [])]
+    processes = dicom.listener_process_count()
     try:
-        listener = start_listener(
-            host=dicom.host, port=dicom.port, ae_title=dicom.ae_title, writer=writer,
-            policy=ListenerPolicy(min_free_bytes=int(settings.spool.min_free_bytes)),
-            max_associations=dicom.max_associations, allowed_calling_ae_titles=dicom.allowed_calling_ae_titles,
-            require_called_ae_title=dicom.require_called_ae_title, acse_timeout_s=dicom.acse_timeout_s,
-            dimse_timeout_s=dicom.dimse_timeout_s, network_timeout_s=dicom.network_timeout_s,
-            maximum_pdu_size=dicom.max_pdu_size, tcp_nodelay=dicom.tcp_nodelay,
-            allowed_peers=dicom.allowed_peers, ssl_context=ssl_context, reject_associations_below_min_free=True,
-            store_observers=store_observers,
-        )
+        listener: Listener | ListenerPool
+        if processes > 1:
+            listener = ListenerPool(host=dicom.host, port=dicom.port, count=processes,
+                                    max_associations=dicom.max_associations, config_path=config_path,
+                                    store_observers=_answer_observers(daemon_metrics, audit))
+            listener.start()
+        else:
+            listener = start_listener(
+                host=dicom.host, port=dicom.port, ae_title=dicom.ae_title, writer=writer,
+                policy=ListenerPolicy(min_free_bytes=int(settings.spool.min_free_bytes)),
+                max_associations=dicom.max_associations, allowed_calling_ae_titles=dicom.allowed_calling_ae_titles,
+                require_called_ae_title=dicom.require_called_ae_title, acse_timeout_s=dicom.acse_timeout_s,
+                dimse_timeout_s=dicom.dimse_timeout_s, network_timeout_s=dicom.network_timeout_s,
+                maximum_pdu_size=dicom.max_pdu_size, tcp_nodelay=dicom.tcp_nodelay,
+                allowed_peers=dicom.allowed_peers, ssl_context=ssl_context, reject_associations_below_min_free=True,
+                store_observers=store_observers,
+            )
     except OSError as exc:
         writer.close()
         log.error("listener_not_started", host=dicom.host, port=dicom.port, reason=str(exc))
         print(f"sr2fhir: error: cannot listen on {dicom.host}:{dicom.port} (dicom.host/dicom.port): {exc.strerror or exc}",
               file=sys.stderr)
         return 1
-    log.info("listener_started", host=dicom.host, port=listener.port, ae_title=dicom.ae_title,
+    log.info("listener_started", host=dicom.host, port=listener.port, ae_title=dicom.ae_title, processes=processes,
              spool_directory=str(settings.spool.directory),
              target=str(settings.fhir.base_url) if settings.fhir.base_url else f"outbox {settings.fhir.outbox_directory}")
-    listener_alive = _acceptor_alive()
+    listener_alive = listener.alive if isinstance(listener, ListenerPool) else _acceptor_alive()
     health = ProgressCheck(listener_alive=listener_alive, heartbeat=heartbeat_path(settings.spool.directory),
                     stale_after_s=settings.health.worker_stale_after_s)
     endpoint: HealthServer | None = None
@@ -163,7 +173,8 @@ def serve(settings: Settings, config_path: Path | None) -> int:
     monitor.worker_spawned()
     monitor.ready(f"listening on {dicom.host}:{listener.port}")
     try:
-        _supervise(worker, stop, monitor, worker_metrics, daemon_metrics)
+        _supervise(worker, stop, monitor, worker_metrics, daemon_metrics,
+                   listener if isinstance(listener, ListenerPool) else None)
     finally:
         monitor.stopping()
         log.info("daemon_stopping", active_associations=listener.active_associations)
@@ -181,9 +192,10 @@ def serve(settings: Settings, config_path: Path | None) -> int:
 
 
 def _supervise(worker: WorkerProcess, stop: threading.Event, monitor: ServiceMonitor,
-               worker_metrics: WorkerMetricsStore, daemon_metrics: DaemonMetrics) -> None:
-    """Until the stop signal: restart the worker (with back-off) if it dies, and tick the
-    monitor (watchdog, status) every ``monitor.tick_s``, also while a restart is pending."""
+               worker_metrics: WorkerMetricsStore, daemon_metrics: DaemonMetrics, pool: ListenerPool | None = None) -> None:
+    """Until the stop signal: restart the worker (with back-off) and association processes
+    (``pool``) if they die, and tick the monitor (watchdog, status) every ``monitor.tick_s``,
+    also while a restart is pending."""
     failures = 0
     started = time.monotonic()
     restart_at: float | None = None
@@ -204,7 +216,22 @@ def _supervise(worker: WorkerProcess, stop: threading.Event, monitor: ServiceMon
             daemon_metrics.worker_restarted()
             monitor.worker_spawned()
             started, restart_at = now, None
+        if pool is not None:
+            for _ in range(pool.check()):
+                daemon_metrics.association_process_restarted()
         monitor.tick(worker_running=restart_at is None)
+
+
+def _answer_observers(metrics: DaemonMetrics, audit: AuditTrail | None) -> list[StoreAnswerObserver]:
+    """What the daemon does with each C-STORE answer an association process reports."""
+    observers: list[StoreAnswerObserver] = [lambda answer: metrics.count_answer(answer.calling_ae, answer.status)]
+    if audit is not None:
+        def audited(answer: ForwardedStore) -> None:
+            audit.received(calling_ae=answer.calling_ae, calling_address=answer.calling_address,
+                           sop_instance_uid=answer.sop_instance_uid, sop_class_uid=answer.sop_class_uid,
+                           status=answer.status, occurred=answer.occurred, patient=answer.patient)
+        observers.append(audited)
+    return observers
 
 
 def _acceptor_alive() -> Callable[[], bool]:

@@ -46,12 +46,32 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pydicom.sr.codedict import codes
+from pydicom.sr.codedict import codes as _pydicom_codes
 from pydicom.sr.coding import Code
 
 from mapping.coding import DCM_SYSTEM
 
 from ..delivery.reasons import DeadLetterReason, HoldReason
+
+
+class _CachedCodes:
+    """``codes.DCM.X`` looked up once: pydicom's lookup costs ~25 µs, a received event
+    (one per C-STORE, written before the answer) needs five."""
+
+    def __init__(self, scheme: Any) -> None:
+        self._scheme = scheme
+
+    def __getattr__(self, name: str) -> Code:
+        code = getattr(self._scheme, name)
+        setattr(self, name, code)
+        return code
+
+
+class _Codes:
+    DCM = _CachedCodes(_pydicom_codes.DCM)
+
+
+codes = _Codes()
 
 __all__ = [
     "OUTCOMES",

@@ -7,6 +7,7 @@ appends it to the :class:`~.audit_log.AuditLog`; it never raises into its caller
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -59,13 +60,21 @@ class AuditTrail:
                     patient = patient_reference(event.dataset)
                 except Exception:  # noqa: BLE001 - no readable Patient ID: the event goes without it
                     patient = None
-            self._write(received_event(
-                source=self.source, calling_ae=str(requestor.ae_title).strip(), calling_address=requestor.address,
-                sop_instance_uid=str(event.request.AffectedSOPInstanceUID or ""),
-                sop_class_uid=str(event.request.AffectedSOPClassUID or ""), status=status,
-                occurred=event.timestamp, patient=patient))
+            self.received(calling_ae=str(requestor.ae_title).strip(), calling_address=requestor.address,
+                          sop_instance_uid=str(event.request.AffectedSOPInstanceUID or ""),
+                          sop_class_uid=str(event.request.AffectedSOPClassUID or ""), status=status,
+                          occurred=event.timestamp, patient=patient)
         except Exception:  # noqa: BLE001 - auditing must not break the C-STORE answer
             log.exception("audit_event_failed", kind="received")
+
+    def received(self, *, calling_ae: str, calling_address: str | None, sop_instance_uid: str, sop_class_uid: str,
+                 status: int, occurred: datetime, patient: dict[str, Any] | None) -> None:
+        """One C-STORE answered, from its parts (what an association process reports);
+        ``patient`` is dropped unless ``include_phi``."""
+        self._write(received_event(
+            source=self.source, calling_ae=calling_ae, calling_address=calling_address,
+            sop_instance_uid=sop_instance_uid, sop_class_uid=sop_class_uid, status=status,
+            occurred=occurred, patient=patient if self.include_phi else None))
 
     def delivered(self, item: SpoolItem, sent: SendResult, bundle: dict[str, Any]) -> None:
         self._delivery(item, None, sent, bundle)

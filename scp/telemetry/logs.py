@@ -21,6 +21,11 @@ PHI: unless ``include_phi`` is set, event keys naming patient data (:data:`PHI_K
 compared without case and underscores, also inside nested dicts) are replaced by
 ``"[redacted]"``. Free text is not inspected: do not put patient data into event names
 or messages. Tracebacks are rendered without local variables for the same reason.
+
+An association process (``dicom.listener_processes`` > 1) calls
+:func:`configure_forwarded_logging` instead: its events, level-filtered, go to the daemon
+as plain dicts and are rendered (timestamp, redaction, format) by the daemon's chain above,
+so there is one stream in one format.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 import structlog
@@ -36,7 +41,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from ..config import LogSettings
 
-__all__ = ["PHI_KEYS", "REDACTED", "configure_logging", "redact_phi"]
+__all__ = ["PHI_KEYS", "REDACTED", "configure_forwarded_logging", "configure_logging", "redact_phi"]
 
 PHI_KEYS: frozenset[str] = frozenset(
     {
@@ -165,3 +170,52 @@ def _isatty(stream: TextIO) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # no isatty, or a closed stream
         return False
+
+
+class _ForwardingHandler(logging.Handler):
+    """Stdlib records (pynetdicom's) of an association process, sent on as events."""
+
+    def __init__(self, send: Callable[[str, dict[str, Any]], None]) -> None:
+        super().__init__()
+        self._send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            event: dict[str, Any] = {"event": record.getMessage(), "logger": record.name}
+            if record.exc_info:
+                event["exception"] = logging.Formatter().formatException(record.exc_info)
+            self._send(record.levelname.lower(), event)
+        except Exception:  # noqa: BLE001 - logging must not raise into the caller
+            self.handleError(record)
+
+
+def configure_forwarded_logging(settings: LogSettings, send: Callable[[str, dict[str, Any]], None]) -> None:
+    """Log through ``send(method_name, event_dict)`` (an association process: the daemon renders).
+
+    Level filtering and exception formatting happen here; timestamps, PHI redaction and the
+    output format are the receiving daemon's (:func:`configure_logging`)."""
+    level = _LEVELS[settings.level]
+
+    def forward(_logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        send(method_name, event_dict)
+        raise structlog.DropEvent
+
+    root = logging.getLogger()
+    for previous in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(previous)
+        previous.close()
+    handler = _ForwardingHandler(send)
+    handler.set_name(_HANDLER_NAME)
+    root.addHandler(handler)
+    root.setLevel(level)
+    library_level = logging.DEBUG if level <= logging.DEBUG else max(level, logging.WARNING)
+    for name in _LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(library_level)
+    logging.captureWarnings(True)
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, structlog.processors.format_exc_info, forward],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.ReturnLoggerFactory(),
+        context_class=dict,
+        cache_logger_on_first_use=False,
+    )

@@ -23,7 +23,9 @@ OTHER_CALLING_AE = "_other"
 
 
 class DaemonMetrics:
-    """The main process's own counters: C-STOREs answered, worker restarts.
+    """The main process's own counters: C-STOREs answered (by this process's listener, or
+    reported by every association process: :meth:`count_answer`), worker and association
+    process restarts.
 
     A prometheus_client collector; thread-safe (pynetdicom calls the store handler from one
     thread per association). Calling AE titles become labels up to
@@ -36,11 +38,15 @@ class DaemonMetrics:
         self._received: dict[str, int] = {}
         self._refused: dict[str, int] = {}
         self._worker_restarts = 0
+        self._process_restarts = 0
 
     def store_answered(self, event: Any, status: int) -> None:
         """EVT_C_STORE answered with ``status`` (``event``: the pynetdicom event). Success
         counts as received, per calling AE title; anything else as refused, per status."""
-        calling_ae = str(event.assoc.requestor.ae_title).strip()
+        self.count_answer(str(event.assoc.requestor.ae_title).strip(), status)
+
+    def count_answer(self, calling_ae: str, status: int) -> None:
+        """One C-STORE answered (also those an association process reports)."""
         with self._lock:
             if status == 0x0000:
                 label = calling_ae if calling_ae in self._received or len(self._received) < MAX_CALLING_AE_LABELS \
@@ -54,9 +60,14 @@ class DaemonMetrics:
         with self._lock:
             self._worker_restarts += 1
 
+    def association_process_restarted(self) -> None:
+        with self._lock:
+            self._process_restarts += 1
+
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             received, refused, restarts = dict(self._received), dict(self._refused), self._worker_restarts
+            process_restarts = self._process_restarts
         family = CounterMetricFamily("sr2fhir_instances_received", "SR instances received and spooled (C-STORE Success), "
                                      "by calling AE title.", labels=["calling_ae"])
         for calling_ae, count in sorted(received.items()):
@@ -69,6 +80,8 @@ class DaemonMetrics:
         yield family
         yield CounterMetricFamily("sr2fhir_worker_restarts", "Times the worker process was restarted after it died.",
                                   value=restarts)
+        yield CounterMetricFamily("sr2fhir_association_process_restarts", "Times an association process "
+                                  "(dicom.listener_processes > 1) was restarted after it died.", value=process_restarts)
 
 
 def build_registry(*collectors: object) -> CollectorRegistry:

@@ -44,9 +44,10 @@ def send(port: int, *datasets: Dataset, calling: str = "MODALITY", called: str =
         assoc.release()
 
 
-@pytest.fixture
-def daemon(tmp_path):
-    with DaemonProcess(write_config(tmp_path)) as running:
+@pytest.fixture(params=[1, 2], ids=["listener_processes=1", "listener_processes=2"])
+def daemon(tmp_path, request):
+    dicom = {"host": "127.0.0.1", "port": 0, "ae_title": "SR2FHIR", "listener_processes": request.param}
+    with DaemonProcess(write_config(tmp_path, dicom=dicom)) as running:
         yield running
 
 

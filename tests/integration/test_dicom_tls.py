@@ -297,9 +297,12 @@ def _storescu(port: int, pki: Pki, files: list[Path], *tls: str) -> subprocess.C
     )
 
 
-@pytest.fixture
-def tls_daemon(tmp_path: Path, pki: Pki) -> Iterator[DaemonProcess]:
-    with DaemonProcess(write_config(tmp_path, dicom={"tls": tls_settings(pki)})) as running:
+@pytest.fixture(params=[1, 2], ids=["listener_processes=1", "listener_processes=2"])
+def tls_daemon(tmp_path: Path, pki: Pki, request: pytest.FixtureRequest) -> Iterator[DaemonProcess]:
+    """The daemon with TLS, serving in its own process or in two association processes
+    (each wraps the connections handed to it)."""
+    dicom = {"tls": tls_settings(pki), "listener_processes": request.param}
+    with DaemonProcess(write_config(tmp_path, dicom=dicom)) as running:
         yield running
 
 
@@ -314,11 +317,17 @@ def test_sr2fhir_serve_with_tls_stores_and_delivers_and_refuses_plain_dicom(tls_
     assert "WRONG_VERSION_NUMBER" in tls_daemon.wait_for("tls_handshake_failed")["reason"]
     assert not Scu(tls_daemon.port, tls_args=(client_context(pki, certificate="rogue"), "localhost")).assoc.is_established
     tls_daemon.wait_for("tls_handshake_failed", lambda e: "self-signed" in e["reason"])
-    again = report("daemon-tls-again")
+    again, alongside = report("daemon-tls-again"), report("daemon-tls-alongside")
     scu = Scu(tls_daemon.port, tls_args=(client_context(pki), "localhost"))
+    other = Scu(tls_daemon.port, tls_args=(client_context(pki), "localhost"))  # open at once: with 2 processes, on the other
     assert scu.store(again) == [SUCCESS]
+    assert other.store(alongside) == [SUCCESS]
     scu.release()
-    tls_daemon.wait_for("bundle_delivered", lambda e: e.get("sop_instance_uid") == again.SOPInstanceUID)
+    other.release()
+    for ds in (again, alongside):
+        tls_daemon.wait_for("bundle_delivered", lambda e, uid=ds.SOPInstanceUID: e.get("sop_instance_uid") == uid)
+    # one process (no listener_process key), or TLS served by both association processes
+    assert {e.get("listener_process") for e in tls_daemon.named("sr_spooled")} in ({None}, {0, 1})
 
 
 @pytest.mark.skipif(_storescu_tls_support() is not None, reason=str(_storescu_tls_support()))
@@ -341,9 +350,11 @@ def test_dcmtk_storescu_over_tls(tls_daemon, pki, tmp_path):
     tls_daemon.wait_for("tls_handshake_failed", lambda e: e["reason"].startswith("no client certificate"))
 
 
-def test_sr2fhir_serve_with_tls_checks_the_calling_ae_title_and_its_address(tmp_path, pki):
+@pytest.mark.parametrize("processes", [1, 2], ids=["listener_processes=1", "listener_processes=2"])
+def test_sr2fhir_serve_with_tls_checks_the_calling_ae_title_and_its_address(tmp_path, pki, processes):
     peers = [{"ae_title": "MODALITY", "addresses": ["127.0.0.0/8"]}, {"ae_title": "PACS", "addresses": ["10.0.0.0/8"]}]
-    config = write_config(tmp_path, dicom={"tls": tls_settings(pki), "allowed_peers": peers})
+    config = write_config(tmp_path, dicom={"tls": tls_settings(pki), "allowed_peers": peers,
+                                           "listener_processes": processes})
     with DaemonProcess(config) as daemon:
         tls = (client_context(pki), "localhost")
         ds = report("daemon-peer")

@@ -669,3 +669,28 @@ class TestDicomTls:
         assert dicom.tls.enabled and dicom.tls.require_client_certificate
         assert dicom.tls.ca_certificates == tmp_path / "hospital-ca.pem"
         assert [peer.ae_title for peer in dicom.allowed_peers] == ["PACS_ROUTER", "AI_NODE"]
+
+
+# --------------------------------------------------------------------------- dicom.listener_processes
+
+
+class TestListenerProcesses:
+    def test_default_is_one_process(self):
+        assert Settings().dicom.listener_processes == 1
+        assert Settings().dicom.listener_process_count() == 1
+
+    def test_auto_is_the_cores_this_process_may_use(self, tmp_path):
+        settings = load_settings(write_config(tmp_path, "dicom:\n  listener_processes: auto\n"), environ={})
+        assert settings.dicom.listener_processes == "auto"
+        assert settings.dicom.listener_process_count() == len(os.sched_getaffinity(0))
+
+    def test_the_environment_gives_a_number_or_auto(self):
+        assert load_settings(None, environ={"SR2FHIR_DICOM__LISTENER_PROCESSES": "3"}).dicom.listener_processes == 3
+        assert load_settings(None, environ={"SR2FHIR_DICOM__LISTENER_PROCESSES": "AUTO"}).dicom.listener_processes == "auto"
+
+    @pytest.mark.parametrize("value", ["many", "0", "65", "2.5", "true", "-1"])
+    def test_a_bad_value_names_the_key_and_what_is_allowed(self, tmp_path, value):
+        problems = problems_of(write_config(tmp_path, f"dicom:\n  listener_processes: {value}\n"))
+        assert len(problems) == 1
+        assert problems[0].startswith(f"{tmp_path / 'config.yaml'}: dicom.listener_processes: must be auto "
+                                      "(one process per CPU core) or a number of processes from 1 to 64, not ")

@@ -19,6 +19,8 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+LISTENER_PROCESSES_ENV = "SR2FHIR_TEST_LISTENER_PROCESSES"
+"""Set (e.g. to 2) to give every daemon a test starts ``dicom.listener_processes``."""
 
 
 def write_config(directory: Path, **sections: dict[str, Any]) -> Path:
@@ -32,6 +34,9 @@ def write_config(directory: Path, **sections: dict[str, Any]) -> Path:
         "forwarder": {"poll_interval_s": 0.05},
         "log": {"format": "json", "level": "info"},
     }
+    if os.environ.get(LISTENER_PROCESSES_ENV):  # run a suite against association processes
+        processes = os.environ[LISTENER_PROCESSES_ENV]
+        config["dicom"]["listener_processes"] = processes if processes == "auto" else int(processes)
     for section, values in sections.items():
         config.setdefault(section, {}).update(values)
     path = directory / "config.yaml"
