@@ -16,6 +16,7 @@ import struct
 import sys
 import warnings
 from collections.abc import Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import partial
 from io import BytesIO
@@ -159,6 +160,12 @@ def run_convert(
         progress.finish()
         print(f"sr2fhir: interrupted after {progress.done} of {len(inputs)} inputs", file=stderr)
         return 130
+    except BrokenProcessPool as exc:  # a worker was killed (out of memory?): name the input it stopped at
+        progress.finish()
+        stopped_at = inputs[progress.done] if progress.done < len(inputs) else inputs[-1]
+        print(f"sr2fhir: error: a worker process died while converting {stopped_at} or the inputs after it "
+              f"({exc}); {progress.done} of {len(inputs)} inputs done", file=stderr)
+        return 1
     progress.finish()
     return 1 if failed else 0
 

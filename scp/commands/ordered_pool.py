@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -74,10 +75,12 @@ def _run_chunk(function: Callable[[T], R], chunk: list[T]) -> list[R]:
 
 def _context() -> multiprocessing.context.BaseContext:
     # fork: the workers start with the mapping already imported (a spawned worker would spend
-    # a third of a second importing pydicom). The CLI is single-threaded when it forks.
-    if "fork" in multiprocessing.get_all_start_methods():
+    # a third of a second importing pydicom). Only from a single-threaded process (the CLI):
+    # a fork copies locks other threads may hold (an embedding program, a test runner).
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
         return multiprocessing.get_context("fork")
-    return multiprocessing.get_context()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
 def _ignore_sigint() -> None:
