@@ -44,6 +44,13 @@ CODING_SYSTEMS: dict[str, str] = {
     "RFC5646": "urn:ietf:bcp:47",
     "IBSI": "https://ibsi.readthedocs.io",
     "99LIDCQIICR": "http://cancerimagingarchive.net",
+    # Retired SNOMED designators, kept as the SR wrote them beside the SNOMED CT translation.
+    # SNOMED-RT has no FHIR system: DICOM gives SRT the SNOMED CT OID, but http://snomed.info/sct
+    # admits only concept ids and expressions since R4, not the legacy "T-28000" style ids.
+    # SNOMED International 3 has an HL7 terminology entry (retired, OID 2.16.840.1.113883.6.51).
+    "SRT": "urn:dicom:coding-scheme:SRT",
+    "SNM3": "http://terminology.hl7.org/CodeSystem/SNM3",
+    "99SDM": "urn:dicom:coding-scheme:99SDM",
 }
 
 FALLBACK_SYSTEM_PREFIX = "urn:dicom:coding-scheme:"
@@ -78,12 +85,17 @@ def _move_annotations(code: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Concept:
-    """A DICOM coded concept (Code Value or Long/URN Code Value, designator, meaning)."""
+    """A DICOM coded concept (Code Value or Long/URN Code Value, designator, meaning).
+
+    ``original`` is the code as the SR wrote it when it was translated on reading (a retired
+    SNOMED-RT id read as its SNOMED CT concept id), so nothing of the source is lost.
+    """
 
     value: str
     scheme: str
     meaning: str
     scheme_version: str | None = None
+    original: Concept | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -123,6 +135,17 @@ class CodingSystems:
             coding["display"] = concept.meaning
         return coding
 
+    def codings(self, concept: Concept) -> list[dict]:
+        """The concept's coding, then the SR's original code when it was translated on reading.
+
+        Only for elements whose profile puts no pattern on ``coding``: a pattern applies to every
+        repetition, so a second coding would break it (the IG's fixed codes never come from here).
+        """
+        codings = [self.coding(concept)]
+        if concept.original is not None:
+            codings.append(self.coding(concept.original))
+        return codings
+
     def codeable_concept(self, concept: Concept) -> dict:
-        """A FHIR ``CodeableConcept`` with one coding."""
-        return {"coding": [self.coding(concept)]}
+        """A FHIR ``CodeableConcept``: the concept's coding, plus the SR's original code if translated."""
+        return {"coding": self.codings(concept)}

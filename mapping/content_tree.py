@@ -9,6 +9,7 @@ Item Identifier convention: the document root is ``1``, its first child ``1.1``.
 from __future__ import annotations
 
 import math
+import re
 import struct
 from decimal import Decimal, InvalidOperation
 from collections.abc import Iterable, Iterator
@@ -83,6 +84,12 @@ _CODING_SCHEME_VERSION = 0x00080103
 _CODE_MEANING = 0x00080104
 _LONG_CODE_VALUE = 0x00080119
 _URN_CODE_VALUE = 0x00080120
+_RETIRED_SNOMED = frozenset({"SRT", "SNM3", "99SDM"})
+
+# A Decimal String value (PS3.5 6.2, VR DS): leading/trailing SPACE, then a fixed or
+# floating point number written with ASCII characters only.
+_DS_PADDING = " \x00"
+_DS_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,15 +211,14 @@ def read_concept(item: Dataset | RawItem | None) -> Concept | None:
     value, scheme = as_text(value), as_text(_get(item, _CODING_SCHEME))
     if not value or not scheme:
         return None
-    if scheme == "SRT" and value in _SNOMED["SRT"]:
-        # The retired SNOMED-RT designator: same concept, SNOMED CT id (as pydicom's Code does).
-        value, scheme = _SNOMED["SRT"][value], "SCT"
-    return Concept(
-        value=value,
-        scheme=scheme,
-        meaning=as_text(_get(item, _CODE_MEANING)) or "",
-        scheme_version=_str(_get(item, _CODING_SCHEME_VERSION)),
-    )
+    meaning = as_text(_get(item, _CODE_MEANING)) or ""
+    version = _str(_get(item, _CODING_SCHEME_VERSION))
+    if scheme in _RETIRED_SNOMED and value in _SNOMED["SRT"]:
+        # A retired SNOMED designator: same concept, SNOMED CT id (as pydicom's Code does for
+        # SRT; PS3.16 8.1 reads SNM3 and 99SDM values as SRT ones). The SR's code is kept.
+        original = Concept(value=value, scheme=scheme, meaning=meaning, scheme_version=version)
+        return Concept(value=_SNOMED["SRT"][value], scheme="SCT", meaning=meaning, original=original)
+    return Concept(value=value, scheme=scheme, meaning=meaning, scheme_version=version)
 
 
 def _read_children(ds: Dataset | RawItem, path: str, skipped: list[Skipped],
@@ -298,17 +304,27 @@ def _num(item: Dataset | RawItem) -> tuple[Any, str | None]:
     else:
         value = number if type(number) is float else _decimal(number)  # FD is a float; DS is text
         if value is None or not math.isfinite(value):
-            return None, f"Numeric Value {number!s} is not a finite number"
+            return None, f"Numeric Value {str(number)!r} is not a finite decimal number"
     return NumValue(value, read_concept(_first_item(measured, _UNITS)), qualifier), None
 
 
 def _decimal(number: Any) -> Decimal | None:
-    """A DS value as a Decimal with its own digits; None when it is not a number."""
+    """A DS value as a Decimal with its own digits; None when it is not a number.
+
+    Only the DS repertoire counts (PS3.5 6.2: ASCII digits, ``+ - . E e`` and SPACE padding).
+    ``Decimal()`` alone would also take other Unicode digits and whitespace, ``_`` separators,
+    ``inf``/``nan``, and then the result would depend on the decoding: pydicom decodes an
+    invalid DS with the dataset's character set, the raw reader as ASCII/Latin-1, so an
+    em-space read one way is whitespace and the other way is not.
+    """
     if isinstance(number, (list, tuple)):
         raise ValueError(f"Numeric Value has {len(number)} values, one expected")
+    text = str(number).strip(_DS_PADDING)
+    if _DS_NUMBER.fullmatch(text) is None:
+        return None
     try:
-        return Decimal(str(number).strip())
-    except InvalidOperation:
+        return Decimal(text)
+    except InvalidOperation:  # pragma: no cover - the pattern admits only valid decimals
         return None
 
 

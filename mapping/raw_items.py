@@ -159,24 +159,33 @@ def _implicit_vr(tag: int, length: int) -> str:
 
 def _decode(vr: str, raw: bytes, encodings: tuple[str, ...]) -> Any:
     if vr in _ASCII_VRS:
-        text = raw.decode("latin-1").rstrip(" \x00")
+        if vr == "DS" and not raw.isascii():
+            # Not a DS at all: decoded as pydicom then does, with the dataset's character set,
+            # so both readers report the same text.
+            text = _text(raw, encodings).rstrip(" \x00")
+        else:
+            text = raw.decode("latin-1").rstrip(" \x00")
         if vr == "UI":
             text = text.strip()
         values = text.split("\\") if "\\" in text else None
         if vr == "IS":
             return [int(v) for v in values] if values is not None else (int(text) if text.strip() else None)
-        if vr == "DS":
-            return [v.strip() for v in values] if values is not None else (text.strip() or None)
+        if vr == "DS":  # only SPACE pads a DS; other whitespace is the value's (and invalid)
+            return [v.strip(" ") for v in values] if values is not None else (text.strip(" ") or None)
         if values is not None and vr != "UR":
             return [v.strip() for v in values]
         return text.strip() if vr in ("DA", "TM", "DT", "CS") else text
     if vr in _TEXT_VRS:
+        # As pydicom does: only trailing SPACE/NUL padding goes, per value; leading blanks and
+        # other whitespace stay, so both readers hand the mapper the same text.
         text = _text(raw, encodings).rstrip(" \x00")
         if vr in _SPLIT_TEXT_VRS and "\\" in text:
-            return [v.strip() for v in text.split("\\")]
-        return text.strip() if vr in _SPLIT_TEXT_VRS else text
+            return [v.rstrip(" \x00") for v in text.split("\\")]
+        return text
     if vr == "PN":
         return PersonName(raw.rstrip(b" \x00"), list(encodings)) if raw.strip(b" \x00") else None
+    if not raw:
+        return None  # as pydicom's empty value for a binary or numeric VR
     number_format = _NUMBER_FORMATS.get(vr)
     if number_format is not None:
         size = struct.calcsize(number_format)

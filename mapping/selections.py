@@ -63,6 +63,7 @@ class _Draft:
     kind: str = ""  # id kind when several selections of one profile come from one node
     source_image_focus: str | None = None  # focus[sourceImageForSegmentation], 0..1
     provenance_focus: str | None = None  # focus[sourceSRContentItem], 0..1: the first item's
+    more_codings: list[dict] = field(default_factory=list)  # the SR's original code, if translated
 
 
 @dataclass(slots=True)
@@ -83,11 +84,43 @@ class _Walk:
     drafts: dict[str, _Draft] = field(default_factory=dict)
     source_images: list[ContentNode] = field(default_factory=list)
     source_series: ContentNode | None = None
+    # Source images the evidence puts in another series than the Source series for
+    # segmentation: never listed under that series; each gets a plain selection of its own.
+    foreign_source_images: list[ContentNode] = field(default_factory=list)
     _source_image_selection: str | None = None
 
     @property
     def source_series_uid(self) -> str | None:
         return self.source_series.value if self.source_series is not None else None
+
+    def series_of(self, ref: ImageRef) -> str | None:
+        """The referenced instance's series from the SR's evidence; None when not listed there."""
+        evidence = self.ctx.evidence.get(ref.sop_instance_uid)
+        return evidence.series_uid if evidence else None
+
+    def sort_sources(self) -> None:
+        """Check the Source series for segmentation and keep only the source images inside it.
+
+        The IG names DCM 121232 as the ``seriesUid`` of ``source-image-for-segmentation`` and
+        ``volume-surface``; an image the evidence places in another series cannot sit under it.
+        An image the evidence does not list is taken to be in the series the SR names.
+        """
+        if self.source_series is None:
+            return
+        if len(self.source_series_uid or "") > _MAX_ID_LENGTH:
+            self.ctx.note(self.source_series, "UID longer than 64 characters: cannot be a seriesUid (FHIR id)")
+            self.source_series = None
+            return
+        inside = []
+        for image in self.source_images:
+            series = self.series_of(image.value)
+            if series is None or series == self.source_series_uid:
+                inside.append(image)
+            else:
+                self.foreign_source_images.append(image)
+                self.ctx.note(image, f"source image is in series {series} (evidence), not in the Source series "
+                                     f"for segmentation {self.source_series_uid}: selected on its own, not under that series")
+        self.source_images = inside
 
     def draft(self, profile: str, code: dict, item: ContentNode, slice_name: str | None = None) -> _Draft:
         kind = slice_name or ""
@@ -107,22 +140,22 @@ class _Walk:
             if self.source_images:
                 self._source_image_selection = source_image_for_segmentation(self)
             elif self.source_series is not None:
-                if len(self.source_series_uid or "") <= _MAX_ID_LENGTH:
-                    self._source_image_selection = source_series_for_segmentation(self)
-                else:
-                    self.ctx.note(self.source_series, "UID longer than 64 characters: cannot be a seriesUid (FHIR id)")
-                    self.source_series = None
+                self._source_image_selection = source_series_for_segmentation(self)
         return self._source_image_selection
 
-    def carrier_instances(self, item: ContentNode) -> list[dict]:
-        """Instances a 3D region is attached to: the source images, else the SR itself.
+    def carrier_instances(self, item: ContentNode, profile: str) -> list[dict]:
+        """Instances a 3D region is attached to: the source images, else the SR itself, else none.
 
         R5 puts ``imageRegion3D`` under ``instance`` (uid 1..1); SCOORD3D names no image, so
         the region hangs on the images it was drawn on when the group names them, and
-        otherwise on the SR content item that defines it.
+        otherwise on the SR content item that defines it. A volume surface with a Source
+        series for segmentation but no source image gets no instance: its ``seriesUid`` is
+        that series, where the SR instance does not live.
         """
         if self.source_images:
             return [_instance(image.value) for image in self.source_images]
+        if profile == "volume-surface" and self.source_series is not None:
+            return []
         instance = {"uid": self.ctx.sop_instance_uid, "sopClass": sop_class_coding(self.ctx.sop_class_uid)}
         if item.observation_uid:
             instance["subset"] = [item.observation_uid]
@@ -137,10 +170,13 @@ def group_selections(node: ContentNode, ctx: ReportContext, body_structure: str 
             walk.source_images.append(child)
         elif child.key == concepts.SOURCE_SERIES_FOR_SEGMENTATION and child.value_type == "UIDREF":
             walk.source_series = walk.source_series or child
+    walk.sort_sources()
     for child in node.children:
         builder = BUILDERS.get((child.key, child.value_type))
         if builder is None and child.relationship == "INFERRED FROM":
             builder = INFERRED_FROM.get(child.value_type)
+        if builder is None and any(child is image for image in walk.foreign_source_images):
+            builder = referenced_image
         if builder is not None:
             builder(child, walk)
         elif child.value_type in concepts.SELECTION_VALUE_TYPES and child.key != concepts.SOURCE_IMAGE_FOR_SEGMENTATION:
@@ -252,10 +288,11 @@ def referenced_image(item: ContentNode, walk: _Walk) -> None:
     A plain selection of the image (frames as ``subset``) whose ``code`` is the item's concept,
     one per concept.
     """
-    code = walk.ctx.codes.coding(item.concept) if item.concept else dict(fixed.ORIGINAL_SOURCE)
+    codings = walk.ctx.codes.codings(item.concept) if item.concept else [dict(fixed.ORIGINAL_SOURCE)]
     slice_name = f"image:{item.label}"
     ref: ImageRef = item.value
-    draft = walk.draft("image-reference", code, item, slice_name)
+    draft = walk.draft("image-reference", codings[0], item, slice_name)
+    draft.more_codings = codings[1:]  # no pattern on code: the abstract profile claimed has none
     _add_instance(draft, _instance(ref), ref, walk)
     _add_focus(draft, item, walk)
 
@@ -378,15 +415,32 @@ def _region_3d(item: ContentNode, walk: _Walk, draft: _Draft) -> bool:
         return False
     draft.frame_of_reference_uid = scoord.frame_of_reference_uid
     region = {"regionType": scoord.graphic_type.lower(), "coordinate": list(scoord.data)}
-    for instance in walk.carrier_instances(item):
+    carriers = walk.carrier_instances(item, draft.profile)
+    for instance in carriers:
         instance["imageRegion3D"] = [region]
         draft.instances.append(instance)
-    if walk.source_images:
-        draft.series_uid = walk.source_series_uid or _common_series(walk, [i.value for i in walk.source_images])
-    else:
-        draft.series_uid = walk.ctx.series_uid
+    if not carriers:
+        walk.ctx.note(item, f"SCOORD3D coordinates not mapped: R5 holds imageRegion3D only under an instance, and no "
+                            f"Source image for segmentation of series {walk.source_series_uid} is named to carry it")
+    draft.series_uid = _region_3d_series(walk, draft.profile)
     _add_focus(draft, item, walk)
     return True
+
+
+def _region_3d_series(walk: _Walk, profile: str) -> str | None:
+    """``seriesUid`` of a 3D region selection, always the series of its instances.
+
+    With source images: the Source series for segmentation (the IG's source for
+    ``volume-surface``; the images are inside it, see ``sort_sources``), else their common
+    series from the evidence. Without: a volume surface takes the Source series for
+    segmentation or none, never the SR's own series; an ``image-region-3d`` (no IG source)
+    carried by the SR content item is in the SR's series.
+    """
+    if walk.source_images:
+        return walk.source_series_uid or _common_series(walk, [image.value for image in walk.source_images])
+    if profile == "volume-surface":
+        return walk.source_series_uid
+    return walk.ctx.series_uid
 
 
 def _instance(ref: ImageRef) -> dict:
@@ -398,8 +452,7 @@ def _instance(ref: ImageRef) -> dict:
 
 def _add_instance(draft: _Draft, instance: dict, ref: ImageRef, walk: _Walk) -> None:
     draft.instances.append(instance)
-    evidence = walk.ctx.evidence.get(ref.sop_instance_uid)
-    series = evidence.series_uid if evidence else None
+    series = walk.series_of(ref)
     if len(draft.instances) == 1:
         draft.series_uid = series
     elif draft.series_uid != series:
@@ -416,12 +469,15 @@ def _focus_source_images(draft: _Draft, walk: _Walk) -> None:
 
 
 def _common_series(walk: _Walk, refs: list[ImageRef]) -> str | None:
-    series = {walk.ctx.evidence[r.sop_instance_uid].series_uid if r.sop_instance_uid in walk.ctx.evidence else None for r in refs}
+    series = {walk.series_of(ref) for ref in refs}
     return series.pop() if len(series) == 1 else None
 
 
 def _study_of(draft: _Draft, walk: _Walk) -> str:
-    studies = {walk.ctx.evidence[i["uid"]].study_uid for i in draft.instances if i["uid"] in walk.ctx.evidence}
+    evidence = walk.ctx.evidence
+    studies = {evidence[i["uid"]].study_uid for i in draft.instances if i["uid"] in evidence}
+    if not draft.instances and draft.series_uid:  # a whole series: its study, when the evidence lists it
+        studies = {e.study_uid for e in evidence.values() if e.series_uid == draft.series_uid}
     return studies.pop() if len(studies) == 1 else walk.ctx.study_uid
 
 
@@ -445,6 +501,7 @@ def _finish(draft: _Draft, walk: _Walk) -> str:
     ctx = walk.ctx
     claimed = _CLAIMED_PROFILE.get(draft.profile, draft.profile)
     resource = _selection_base(ctx, ctx.id_for(walk.node, draft.kind or draft.profile), claimed, draft.code, _study_of(draft, walk))
+    resource["code"]["coding"] += draft.more_codings
     if draft.series_uid:
         resource["seriesUid"] = draft.series_uid
     if draft.frame_of_reference_uid:

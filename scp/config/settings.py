@@ -28,6 +28,7 @@ __all__ = [
     "ForwarderSettings",
     "HealthSettings",
     "LogSettings",
+    "MappingSettings",
     "ReadinessSettings",
     "Settings",
     "SpoolSettings",
@@ -87,6 +88,9 @@ class SpoolSettings(Frozen):
     segment_max_bytes: Annotated[ByteSize, Field(ge=1)] = ByteSize(64 * MIB)
     retention: Literal["delete", "keep"] = "delete"
     min_free_bytes: Annotated[ByteSize, Field(ge=0)] = ByteSize(100 * MIB)
+    remember_delivered_days: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 365.0
+    """How long ``spool.db`` remembers what each delivered SR wrote, so that an amended or
+    corrected SR arriving later can retire it (docs/RELIABILITY.md, "Amended and corrected reports")."""
 
 
 FhirVersionSetting = Literal["auto", "r5", "r4"]
@@ -127,6 +131,22 @@ class FhirDeliverySettings(FhirSettings):
     def writes_to_outbox(self) -> bool:
         """True when Bundles go to ``outbox_directory`` (no ``base_url``)."""
         return self.base_url is None
+
+
+class MappingSettings(MappingOptions):
+    """:class:`mapping.MappingOptions` plus what the service does with an SR it does not map.
+
+    ``unmapped``: an SR that is none of the documents sr2fhir maps (TID 1500 Measurement
+    Report, Key Object Selection, radiation dose report) is acknowledged, counted
+    (``sr2fhir_unmapped_total``), logged once (``sr_not_mapped``, with its template and title)
+    and dropped (``ignore``), or dead-lettered to ``spool/failed/`` (``dead-letter``).
+    """
+
+    unmapped: Literal["ignore", "dead-letter"] = "ignore"
+
+    def options(self) -> MappingOptions:
+        """The mapping's own options (without the service's keys)."""
+        return MappingOptions(**self.model_dump(exclude={"unmapped"}))
 
 
 class ForwarderSettings(Frozen):
@@ -171,7 +191,7 @@ class Settings(Frozen):
     dicom: DicomSettings = DicomSettings()
     spool: SpoolSettings = SpoolSettings()
     fhir: FhirDeliverySettings = FhirDeliverySettings()
-    mapping: MappingOptions = MappingOptions()
+    mapping: MappingSettings = MappingSettings()
     forwarder: ForwarderSettings = ForwarderSettings()
     log: LogSettings = LogSettings()
     health: HealthSettings = HealthSettings()

@@ -7,6 +7,11 @@ wrong and the queue is held: :mod:`.hold`; it is picked up again later). Deliver
 (deterministic ids), so an item delivered twice after a crash changes nothing on the server. A
 Bundle sent as several transactions (``fhir.max_entries_per_request``, :mod:`.chunked`) records
 each acknowledged chunk in the spool, so its next delivery resumes after them.
+
+An SR that is none of the documents sr2fhir maps (:class:`mapping.UnsupportedTemplate`) is
+acknowledged, counted and dropped (``ignored``) with ``mapping.unmapped: ignore`` (the
+default), dead-lettered with ``dead-letter``. An amended or corrected SR retires the resources
+of the SRs it replaces once it is delivered (:mod:`.supersession`).
 """
 
 from __future__ import annotations
@@ -17,51 +22,37 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from io import BytesIO
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import pydicom
 import structlog
 from structlog.contextvars import bound_contextvars
 
-from fhir_client import FhirClient, Outcome, SendResult
-from mapping import MappingError, MappingOptions, map_sr, serialize
+from fhir_client import Outcome, SendResult
+from mapping import MappingError, MappingOptions, UnsupportedTemplate, map_sr
 
-from ..common.files import write_atomically
 from ..common.waiting import wait_or_timeout
-from .chunked import DeliveryProgress, SpoolProgress, send_in_chunks
+from .chunked import SpoolProgress
 from .hold import DeliveryHold, HoldState
 from .reasons import DeadLetterReason
-from .versions import FhirRelease, VersionResolver
+from .supersession import Supersessions, delivered_report
+from .targets import Delivery, FhirDelivery, OutboxDelivery, resolve_logical_references
 from ..spool import SpoolConsumer, SpoolItem
 
 __all__ = ["Delivery", "DeliveryObserver", "OutboxDelivery", "FhirDelivery", "ForwarderStats", "Settlement",
-           "run_forwarder", "process_item"]
+           "UnmappedPolicy", "run_forwarder", "process_item", "resolve_logical_references", "template_label"]
 
 log = structlog.get_logger()
 
 DEFERRED_RETRY_S = 30.0
 """How long an item whose delivery could not even be attempted (e.g. outbox disk full) waits."""
 
+UnmappedPolicy = Literal["ignore", "dead-letter"]
+"""``mapping.unmapped``: what happens to an SR that is none of the documents sr2fhir maps."""
+
 FAULT_OF_REASON: dict[DeadLetterReason, str] = {"unmappable": "mapping", "rejected": "content",
                                                 "retries_exhausted": "transient"}
 """The sidecar's ``fault``: whose fault a dead letter is (never the endpoint's: those are held)."""
-
-
-class Delivery(Protocol):
-    """Where Bundles go: a FHIR server, or the outbox folder.
-
-    ``progress`` is where a delivery in several transactions records how far it got, so that
-    the next delivery of the same item resumes there (:mod:`.chunked`); a target that
-    delivers in one step ignores it.
-    """
-
-    async def release(self) -> FhirRelease | SendResult:
-        """The FHIR release to write (``r4``/``r5``), or why it is not known yet (ENDPOINT)."""
-        ...
-
-    async def deliver(self, bundle: dict[str, Any], sop_instance_uid: str, *,
-                      progress: DeliveryProgress | None = None) -> SendResult: ...
 
 
 class DeliveryObserver(Protocol):
@@ -75,114 +66,15 @@ class DeliveryObserver(Protocol):
 
     def deferred(self, item: SpoolItem, sent: SendResult | None = None) -> None: ...
 
+    def ignored(self, item: SpoolItem, template: str) -> None:
+        """An SR none of whose templates sr2fhir maps was dropped (``mapping.unmapped: ignore``);
+        ``template`` is :func:`template_label`'s."""
 
-class OutboxDelivery:
-    """Embedded default without a FHIR server: each Bundle as ``<SOP Instance UID>.json``.
-
-    Written atomically and durably (temp file, fsync, rename, fsync of the directory), so a
-    crash never leaves a half Bundle under the final name.
-    """
-
-    def __init__(self, directory: Path, version: str = "auto") -> None:
-        self.directory = directory
-        self.version: FhirRelease = "r4" if version == "r4" else "r5"  # no server to ask: auto is R5
-        directory.mkdir(parents=True, exist_ok=True)
-
-    async def release(self) -> FhirRelease:
-        return self.version
-
-    async def deliver(self, bundle: dict[str, Any], sop_instance_uid: str, *,
-                      progress: DeliveryProgress | None = None) -> SendResult:
-        start = time.monotonic()
-        target = self.directory / f"{sop_instance_uid}.json"
-        data = serialize(bundle, indent=2) + b"\n"
-        write_atomically(target, data)
-        return SendResult(Outcome.DELIVERED, None, None, f"written to {target}", 1, time.monotonic() - start)
-
-
-class FhirDelivery:
-    """Deliver with :class:`fhir_client.FhirClient` (retries, Retry-After, auth).
-
-    With ``reference_mode="resolve"``, logical references (``type`` + ``identifier``: Patient,
-    ImagingStudy, ServiceRequest) become literal ones when the server holds exactly one
-    match for ``system|value``; the client caches the look-ups. Identifiers without a
-    ``system`` are never looked up (see :func:`resolve_logical_references`). This happens
-    before the first attempt, so every retry sends the same bytes.
-
-    With ``max_entries_per_request``, a Bundle with more entries goes as several transactions
-    in order, resuming after those ``progress`` recorded (:func:`.chunked.send_in_chunks`).
-    """
-
-    def __init__(self, client: FhirClient, reference_mode: str = "logical",
-                 max_entries_per_request: int | None = None, version: str = "auto") -> None:
-        self.client = client
-        self.reference_mode = reference_mode
-        self.max_entries_per_request = max_entries_per_request
-        self.versions = VersionResolver(client, version)
-
-    async def release(self) -> FhirRelease | SendResult:
-        return await self.versions.resolve()
-
-    async def deliver(self, bundle: dict[str, Any], sop_instance_uid: str, *,
-                      progress: DeliveryProgress | None = None) -> SendResult:
-        if self.reference_mode == "resolve":
-            await resolve_logical_references(bundle, self.client)
-        limit = self.max_entries_per_request
-        if limit is not None and len(bundle.get("entry") or ()) > limit:
-            return await send_in_chunks(self.client, bundle, limit, progress)
-        return await self.client.send(bundle)
-
-    async def probe(self) -> str | None:
-        """The hold's probe: ``GET [base]/metadata`` with the configured auth, once. None when
-        it answers a CapabilityStatement, else why not."""
-        try:
-            await self.client.get_metadata()
-        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
-            return f"{type(exc).__name__}: {exc}"
-        return None
-
-
-async def resolve_logical_references(bundle: dict[str, Any], client: FhirClient) -> None:
-    """Add ``reference: Type/id`` to every logical reference the server can resolve uniquely.
-
-    A reference whose identifier has no ``system`` (e.g. a Patient ID whose issuer is not a
-    URI, kept only in ``identifier.assigner``) stays logical and is not searched for: the
-    value alone could match another issuer's patient. One ``reference_left_logical`` line
-    is logged per distinct such identifier in the Bundle.
-    """
-    resolved: dict[tuple[str, str, str], str | None] = {}
-    left_logical: set[tuple[str, Any]] = set()
-    for reference in _logical_references(bundle):
-        identifier = reference["identifier"]
-        system = identifier.get("system")
-        if not isinstance(system, str) or not system:
-            unresolved = (reference["type"], identifier["value"])
-            if unresolved not in left_logical:
-                left_logical.add(unresolved)
-                log.info("reference_left_logical", resource_type=reference["type"], reason="identifier has no system")
-            continue
-        key = (reference["type"], system, identifier["value"])
-        if key not in resolved:
-            try:
-                resolved[key] = await client.resolve_reference(*key)
-            except Exception as exc:  # noqa: BLE001 - lookup failed: keep the logical reference
-                log.warning("reference_not_resolved", resource_type=key[0], reason=f"{type(exc).__name__}: {exc}")
-                resolved[key] = None
-        if resolved[key] is not None:
-            reference["reference"] = resolved[key]
-
-
-def _logical_references(value: Any):
-    if isinstance(value, dict):
-        if "reference" not in value and isinstance(value.get("type"), str) and isinstance(value.get("identifier"), dict) \
-                and "value" in value["identifier"]:
-            yield value
-            return
-        for child in value.values():
-            yield from _logical_references(child)
-    elif isinstance(value, list):
-        for child in value:
-            yield from _logical_references(child)
+    def superseded(self, predecessor_uid: str, successor_uid: str, resources: int, how: str,
+                   sent: SendResult | None = None) -> None:
+        """``resources`` of the report ``predecessor_uid`` were retired (``entered-in-error``)
+        because ``successor_uid`` replaces it; ``how``: ``after_successor`` (a transaction of
+        their own, answered by ``sent``) or ``on_arrival`` (the predecessor came second)."""
 
 
 @dataclass(slots=True)
@@ -193,11 +85,25 @@ class ForwarderStats:
     failed: int = 0
     deferred: int = 0
     held: int = 0
+    ignored: int = 0
 
 
-Settlement = Literal["delivered", "dead_lettered", "deferred", "held"]
+Settlement = Literal["delivered", "dead_lettered", "deferred", "held", "ignored"]
 """How :func:`process_item` left an item: done, in ``failed/``, or still pending (deferred: try
-it again later; held: the endpoint is wrong, the queue waits for it)."""
+it again later; held: the endpoint is wrong, the queue waits for it), or dropped (ignored: an
+SR sr2fhir does not map, ``mapping.unmapped: ignore``)."""
+
+MAX_TEMPLATE_LABEL = 8
+"""A template label longer than this is "other" (metric labels stay few and short)."""
+
+
+def template_label(template: str | None) -> str:
+    """The ``template`` label of ``sr2fhir_unmapped_total``: the Template Identifier when it is
+    a short number (``"2000"``), ``"none"`` when the SR names none, else ``"other"`` (a sender
+    must not be able to make labels up)."""
+    if not template:
+        return "none"
+    return template if template.isdigit() and len(template) <= MAX_TEMPLATE_LABEL else "other"
 
 
 async def process_item(
@@ -209,13 +115,21 @@ async def process_item(
     stats: ForwarderStats,
     observers: Sequence[DeliveryObserver] = (),
     hold: DeliveryHold | None = None,
+    *,
+    unmapped: UnmappedPolicy = "ignore",
+    supersessions: Supersessions | None = None,
 ) -> Settlement:
     """Map and deliver one spooled item and settle it; never raises for bad input.
 
     An answer that is the endpoint's fault (:attr:`Outcome.ENDPOINT`) leaves the item pending
     and is reported to ``hold`` (which may begin holding the queue); without a hold the item
-    is deferred.
+    is deferred. ``unmapped``: an SR that is none of the documents sr2fhir maps is dropped
+    (``ignore``) or dead-lettered. ``supersessions`` (one is made when not given) retires
+    what the item replaces once it is delivered, and the item's own resources when a
+    delivered SR replaces it.
     """
+    if supersessions is None:
+        supersessions = Supersessions(consumer, delivery, stop, observers=observers)
     with bound_contextvars(sop_instance_uid=item.sop_instance_uid, spool_id=item.id):
         start = time.monotonic()
         release = await delivery.release()
@@ -225,6 +139,11 @@ async def process_item(
             options = options.model_copy(update={"fhir_version": release})
         try:
             result = map_sr(pydicom.dcmread(BytesIO(item.read())), options)
+        except UnsupportedTemplate as exc:
+            if unmapped == "ignore":
+                return _ignore(consumer, item, stats, exc, observers)
+            return _dead_letter(consumer, item, stats, reason="unmappable", detail=f"mapping failed: {exc}",
+                                observers=observers)
         except MappingError as exc:
             return _dead_letter(consumer, item, stats, reason="unmappable", detail=f"mapping failed: {exc}",
                                 observers=observers)
@@ -233,9 +152,9 @@ async def process_item(
                                 detail=f"unreadable SR: {type(exc).__name__}: {str(exc)[:300]}", observers=observers)
         for note in result.skipped:
             log.info("mapping_item_skipped", content_path=note.path, concept=note.concept, reason=note.reason)
+        bundle, retired_for, retired = supersessions.retire_on_arrival(item.sop_instance_uid, result.bundle)
         try:
-            sent = await delivery.deliver(result.bundle, item.sop_instance_uid,
-                                          progress=SpoolProgress(consumer, item))
+            sent = await delivery.deliver(bundle, item.sop_instance_uid, progress=SpoolProgress(consumer, item))
         except Exception as exc:  # noqa: BLE001 - e.g. outbox disk full: keep it pending
             log.error("bundle_deferred", reason=f"{type(exc).__name__}: {exc}")
             return _defer(item, stats, None, observers)
@@ -243,23 +162,46 @@ async def process_item(
         if sent.outcome in (Outcome.DELIVERED, Outcome.REJECTED) and hold is not None:
             hold.settled(item.id, answered=True)  # the server answered about the content: the endpoint works
         if sent.outcome is Outcome.DELIVERED:
-            consumer.settle(item)
+            # The registry row goes in the commit that removes the item: a successor is never
+            # settled without the supersessions it starts on record (carried out after a crash).
+            started = consumer.settle(item, report=delivered_report(item.sop_instance_uid, bundle,
+                                                                     result.predecessors, retired_for))
             stats.delivered += 1
             for observer in observers:
-                observer.delivered(item, sent, result.bundle)
+                observer.delivered(item, sent, bundle)
             log.info("bundle_delivered", attempts=sent.attempts, status_code=sent.status_code,
-                     resources=len(result.bundle["entry"]), duration_ms=duration_ms)
+                     resources=len(bundle["entry"]), duration_ms=duration_ms,
+                     **({"predecessor_uids": list(result.predecessors)} if result.predecessors else {}))
+            if retired_for:
+                supersessions.superseded_on_arrival(item.sop_instance_uid, retired_for, retired)
+            await supersessions.carry_out(started)
             return "delivered"
         if sent.outcome is Outcome.REJECTED:
-            return _dead_letter(consumer, item, stats, reason="rejected", sent=sent, bundle=result.bundle,
+            return _dead_letter(consumer, item, stats, reason="rejected", sent=sent, bundle=bundle,
                                 detail=f"rejected by the FHIR server: {sent.diagnostics}", observers=observers)
         if sent.outcome is Outcome.ENDPOINT:
-            return _endpoint_answer(consumer, item, stats, sent, observers, hold, result.bundle)
+            return _endpoint_answer(consumer, item, stats, sent, observers, hold, bundle)
         if stop.is_set():
             log.info("bundle_deferred", attempts=sent.attempts, reason="shutdown")
             return _defer(item, stats, sent, observers)  # interrupted by shutdown: pending for the next start
-        return _dead_letter(consumer, item, stats, reason="retries_exhausted", sent=sent, bundle=result.bundle,
+        return _dead_letter(consumer, item, stats, reason="retries_exhausted", sent=sent, bundle=bundle,
                             detail=f"retries exhausted: {sent.diagnostics}", observers=observers)
+
+
+def _ignore(consumer: SpoolConsumer, item: SpoolItem, stats: ForwarderStats, exc: UnsupportedTemplate,
+            observers: Sequence[DeliveryObserver]) -> Settlement:
+    """Drop an SR that is none of the documents sr2fhir maps: one log line, a count, no dead letter.
+
+    The title is a coded concept (``(DCM,113701) 'X-Ray Radiation Dose Report'``), not patient data.
+    """
+    consumer.settle(item, "ignored")
+    stats.ignored += 1
+    label = template_label(exc.template)
+    for observer in observers:
+        observer.ignored(item, label)
+    log.info("sr_not_mapped", template=exc.template, title=exc.title, sop_class_uid=item.sop_class_uid,
+             reason="none of the documents sr2fhir maps (mapping.unmapped: ignore)")
+    return "ignored"
 
 
 def _endpoint_answer(consumer: SpoolConsumer, item: SpoolItem, stats: ForwarderStats, sent: SendResult,
@@ -327,8 +269,14 @@ async def run_forwarder(
     on_tick: Callable[[], None] | None = None,
     observers: Sequence[DeliveryObserver] = (),
     hold: DeliveryHold | None = None,
+    unmapped: UnmappedPolicy = "ignore",
+    remember_delivered_s: float = 365 * 86400.0,
 ) -> ForwarderStats:
     """Forward until ``stop`` is set; in-flight items finish (or stay pending) before return.
+
+    Between looks at the spool it carries out supersessions left ``pending`` (a crash between
+    a successor's delivery and the retirement of its predecessor, a retirement not sent yet)
+    and prunes the registry of reports delivered more than ``remember_delivered_s`` ago.
 
     ``on_tick`` runs every ``poll_interval_s`` in a task of its own: the worker's heartbeat.
     With ``hold`` (a FHIR target), an answer that is the endpoint's fault holds the queue: no
@@ -338,11 +286,13 @@ async def run_forwarder(
     slots = asyncio.Semaphore(concurrency)
     in_flight: dict[str, asyncio.Task[None]] = {}
     not_before: dict[str, float] = {}  # deferred items wait before their next try
+    supersessions = Supersessions(consumer, delivery, stop, observers=observers, remember_s=remember_delivered_s)
 
     async def run(item: SpoolItem) -> None:
         settled: Settlement | None = None
         try:
-            settled = await process_item(item, consumer, delivery, options, stop, stats, observers, hold)
+            settled = await process_item(item, consumer, delivery, options, stop, stats, observers, hold,
+                                         unmapped=unmapped, supersessions=supersessions)
         finally:
             if settled == "deferred":
                 not_before[item.id] = time.monotonic() + DEFERRED_RETRY_S
@@ -354,6 +304,7 @@ async def run_forwarder(
             slots.release()
 
     ticker = asyncio.create_task(_tick(on_tick, stop, poll_interval_s)) if on_tick is not None else None
+    housekeeping: asyncio.Task[None] | None = None
     while not stop.is_set():
         consumer.ingest_requeued()
         if hold is not None and hold.state is HoldState.HELD:
@@ -374,13 +325,18 @@ async def run_forwarder(
         if hold is not None and not fresh and not in_flight:
             hold.nothing_to_try()
         if not admitted:
-            if not fresh and on_idle is not None and not in_flight:
-                await on_idle()
+            if not fresh and not in_flight:
+                if housekeeping is None or housekeeping.done():  # in a task: a send may retry for long
+                    housekeeping = asyncio.create_task(supersessions.housekeeping())
+                if on_idle is not None:
+                    await on_idle()
             await wait_or_timeout(stop, poll_interval_s)
         elif len(in_flight) >= concurrency:
             await asyncio.wait(list(in_flight.values()), return_when=asyncio.FIRST_COMPLETED)
     if in_flight:
         await asyncio.gather(*in_flight.values(), return_exceptions=True)
+    if housekeeping is not None:
+        await asyncio.gather(housekeeping, return_exceptions=True)
     if ticker is not None:
         await ticker
     return stats

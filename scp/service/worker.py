@@ -121,13 +121,15 @@ async def forward(settings: Settings) -> int:
     try:
         heartbeat = Heartbeat(heartbeat_path(settings.spool.directory))
 
-        options = settings.mapping.model_copy(update={"r4_imaging_selection": settings.fhir.r4_imaging_selection})
+        options = settings.mapping.options().model_copy(
+            update={"r4_imaging_selection": settings.fhir.r4_imaging_selection})
 
         async def forward_to(delivery: Delivery, hold: DeliveryHold | None = None) -> ForwarderStats:
             return await run_forwarder(
                 consumer, delivery, options, stop, concurrency=settings.forwarder.concurrency,
                 poll_interval_s=settings.forwarder.poll_interval_s, batch_size=settings.forwarder.batch_size,
-                on_tick=heartbeat.beat, observers=observers, hold=hold,
+                on_tick=heartbeat.beat, observers=observers, hold=hold, unmapped=settings.mapping.unmapped,
+                remember_delivered_s=settings.spool.remember_delivered_days * 86400.0,
             )
 
         if settings.fhir.base_url is None:
@@ -153,7 +155,7 @@ async def forward(settings: Settings) -> int:
                 if shipping is not None:
                     await shipping
         log.info("worker_stopped", delivered=stats.delivered, failed=stats.failed, deferred=stats.deferred,
-                 held=stats.held)
+                 held=stats.held, ignored=stats.ignored)
     finally:
         consumer.close()
         metrics.close()

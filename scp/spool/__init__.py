@@ -19,6 +19,8 @@ On-disk layout under the spool directory::
     failed/<id>.dcm, failed/<id>.json    a dead letter: the bytes and the JSON sidecar
     requeue/<id>.dcm, requeue/<id>.json  dead letters handed back by ``sr2fhir spool retry``
     done/<id>.dcm                    delivered items, only with retention "keep"
+                                     (spool.db also remembers what each delivered SR wrote,
+                                     for amended reports: scp.spool.registry)
     journal/, delivered.log          only from an earlier release, until migrated
 
 An item id is ``<epoch>-<seq>``: the database's creation time and the item's row
@@ -113,6 +115,7 @@ from .items import (
     spool_error,
 )
 from .legacy import migrate as migrate_journal
+from .registry import DeliveredReport, Supersession, SupersessionState
 from .legacy import pending_records, segment_paths
 from .writer import RESERVE_BYTES, SpoolWriter
 
@@ -132,6 +135,9 @@ __all__ = [
     "FailedItem",
     "ItemId",
     "ItemOutcome",
+    "DeliveredReport",
+    "Supersession",
+    "SupersessionState",
     "RecordFields",
     "Spool",
     "SpoolConsumer",

@@ -19,6 +19,7 @@ import structlog
 
 from .db import (
     CHECKPOINT_PAGES,
+    LOW_SPACE_BYTES,
     PayloadReader,
     SpoolDatabase,
     adapt_checkpoints,
@@ -46,13 +47,28 @@ from .items import (
 )
 from .files import DATA_SUFFIX, SIDECAR_SPOOL_KEY, SpoolLayout, write_file
 from .legacy import MIGRATION_CHUNK_BYTES, migrate
+from .registry import (
+    DeliveredReport,
+    Supersession,
+    SupersessionState,
+    forget_before,
+    forget_oldest,
+    pending_supersessions,
+    record_delivered,
+    set_supersession_state,
+    supersessions_of,
+)
 
 __all__ = ["OUTCOMES", "ItemOutcome", "SpoolConsumer"]
 
 log = structlog.get_logger()
 
-ItemOutcome: TypeAlias = Literal["delivered", "superseded", "failed"]
-OUTCOMES: frozenset[str] = frozenset({"delivered", "superseded", "failed"})
+ItemOutcome: TypeAlias = Literal["delivered", "superseded", "failed", "ignored"]
+OUTCOMES: frozenset[str] = frozenset({"delivered", "superseded", "failed", "ignored"})
+SHORT_OF_SPACE_FORGETS = 2
+"""Delivered reports forgotten (oldest first) per report recorded while the file system holding
+the spool has less than ``LOW_SPACE_BYTES`` free: the registry shrinks instead of growing, and
+received instances keep the room (the spool never refuses an SR for the registry's sake)."""
 LEGACY_RETRY_S = 60.0
 """How often the consumer tries again to migrate journal segments left by an earlier try."""
 
@@ -82,6 +98,7 @@ class SpoolConsumer:
         self._legacy_left = 0
         self._legacy_retry_at = 0.0
         self._checkpoint_pages: int | None = None
+        self._told_short_of_space = False
 
     def __enter__(self) -> SpoolConsumer:
         self.open()
@@ -160,10 +177,16 @@ class SpoolConsumer:
                 raise spool_error(exc, "cannot read the spool") from exc
             return [item for item in items if item.seq not in hidden][:limit]
 
-    def settle(self, item: SpoolItem, outcome: ItemOutcome = "delivered") -> None:
+    def settle(self, item: SpoolItem, outcome: ItemOutcome = "delivered", *,
+               report: DeliveredReport | None = None) -> list[Supersession]:
         """Remove ``item`` (one commit, not fsync'ed by itself: rule 2 of :mod:`scp.spool`);
         it is not pending again. With retention "keep" a delivered item's bytes go to
-        ``done/<id>.dcm`` first (fsync'ed)."""
+        ``done/<id>.dcm`` first (fsync'ed). ``ignored``: a readable SR that is not mapped
+        (``mapping.unmapped: ignore``), removed like a delivered one but never kept.
+
+        ``report`` (a delivered item) is recorded in the registry of delivered reports in the
+        same commit (:mod:`.registry`): the supersessions it starts are on record exactly
+        when the item is gone. Returns those supersessions."""
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {sorted(OUTCOMES)}, not {outcome!r}")
         with self._lock:
@@ -171,17 +194,75 @@ class SpoolConsumer:
             if outcome == "delivered" and self._retention == "keep":
                 found = reader.read(item.seq)
                 if found is None:
-                    return  # superseded meanwhile: nothing left to keep or to remove
+                    return []  # superseded meanwhile: nothing left to keep or to remove
                 try:
                     write_file(self._layout.done / f"{item.id}{DATA_SUFFIX}", checked(item.id, *found))
                     fsync_dir(self._layout.done)
                 except OSError as exc:
                     raise spool_error(exc, f"cannot keep item {item.id}") from exc
+            supersessions: list[Supersession] = []
+            forgotten = 0
+            short_of_space = report is not None and self._short_of_space()
             with write_transaction(conn, f"cannot mark item {item.id} {outcome}"):
                 remove_items(conn, [item.seq])
-            self._deletions += 1
+                if report is not None:
+                    supersessions = record_delivered(conn, report)
+                    if short_of_space:
+                        forgotten = forget_oldest(conn, SHORT_OF_SPACE_FORGETS)
+            if short_of_space and not self._told_short_of_space:
+                log.warning("registry_short_of_space", forgotten=forgotten,
+                            reason=f"less than {LOW_SPACE_BYTES} bytes free for the spool: the oldest delivered "
+                                   "reports are forgotten to keep room for received SRs (an amendment of a "
+                                   "forgotten report does not retire it)")
+            if report is not None:
+                self._told_short_of_space = short_of_space
+            self._deletions += 1 + forgotten
             if self._newest.get(item.sop_instance_uid, (0, 0))[1] == item.seq:
                 del self._newest[item.sop_instance_uid]
+            return supersessions
+
+    # -- the registry of delivered reports (amended and corrected reports: .registry) ----------
+
+    def _short_of_space(self) -> bool:
+        try:
+            return free_bytes(self._layout.root) < LOW_SPACE_BYTES
+        except OSError:
+            return False
+
+    def supersessions_of(self, predecessor_uid: str) -> list[Supersession]:
+        """The recorded successors of ``predecessor_uid`` (the SRs that replace it)."""
+        with self._lock:
+            conn, _ = self._open_conn()
+            try:
+                return supersessions_of(conn, predecessor_uid)
+            except sqlite3.Error as exc:
+                raise spool_error(exc, "cannot read the registry of delivered reports") from exc
+
+    def pending_supersessions(self, limit: int = 16, predecessors: list[str] | None = None) -> list[Supersession]:
+        """Supersessions whose predecessor's resources are still to be rewritten, oldest first."""
+        with self._lock:
+            conn, _ = self._open_conn()
+            try:
+                return pending_supersessions(conn, limit, predecessors)
+            except sqlite3.Error as exc:
+                raise spool_error(exc, "cannot read the registry of delivered reports") from exc
+
+    def settle_supersession(self, supersession: Supersession, state: SupersessionState) -> None:
+        """Record a supersession's new state (durably: it says the server was changed)."""
+        with self._lock:
+            conn, _ = self._open_conn()
+            with durable(conn), write_transaction(conn, "cannot record a supersession"):
+                set_supersession_state(conn, supersession.predecessor_uid, supersession.successor_uid, state)
+
+    def forget_delivered(self, before_us: int, limit: int = 500) -> int:
+        """Forget up to ``limit`` delivered reports (and settled supersessions) recorded before
+        ``before_us``; returns how many rows went (call again while it is ``limit``)."""
+        with self._lock:
+            conn, _ = self._open_conn()
+            with write_transaction(conn, "cannot prune the registry of delivered reports"):
+                removed = forget_before(conn, before_us, limit)
+            self._deletions += removed
+            return removed
 
     def progress(self, item: SpoolItem) -> tuple[str, int] | None:
         """(digest, chunks_done) of ``item``'s delivery in several transactions, as last

@@ -26,9 +26,12 @@ fdatasync'ed; the consumer's removals are the exception, see :mod:`scp.spool`),
     progress         how far the delivery of an item split into several transactions got:
                      seq of the item, digest (of the Bundle and the chunk size), chunks_done
                      (acknowledged by the server, in order); deleted with the item's row
+    delivered_reports, supersessions
+                     the registry of delivered SRs and of the SRs they replace (amended and
+                     corrected reports): :mod:`scp.spool.registry`, which holds their SQL
 
-Versions: 1 (December 2026) had no ``progress``; a version-1 file is upgraded in place
-when it is opened (:data:`MIGRATIONS`). A file of a later version than
+Versions: 1 (December 2026) had no ``progress``, 2 no registry; a file of an earlier version
+is upgraded in place, step by step, when it is opened (:data:`MIGRATIONS`). A file of a later version than
 :data:`SCHEMA_VERSION` is refused, since an older release cannot know what it holds.
 
 A put of a 4.5 KB SR writes three or four pages (page 1, the row's leaf page, one
@@ -67,6 +70,7 @@ __all__ = [
     "LOW_SPACE_BYTES",
     "LOW_SPACE_CHECKPOINT_PAGES",
     "PAGE_SIZE",
+    "REGISTRY_TABLES",
     "SCHEMA_VERSION",
     "VACUUM_FREE_RATIO",
     "VACUUM_MAX_LIVE_PAGES",
@@ -90,7 +94,7 @@ __all__ = [
 ]
 
 DB_NAME = "spool.db"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 PAGE_SIZE = 4096
 BUSY_TIMEOUT_S = 10.0
 """How long a statement waits for another connection's write transaction (or recovery)."""
@@ -134,6 +138,22 @@ _PROGRESS_TABLE = """CREATE TABLE progress (
         seq INTEGER PRIMARY KEY,
         digest TEXT NOT NULL,
         chunks_done INTEGER NOT NULL)"""
+REGISTRY_TABLES = (
+    """CREATE TABLE delivered_reports (
+        sop_instance_uid TEXT NOT NULL UNIQUE,
+        delivered_us INTEGER NOT NULL,
+        entries BLOB NOT NULL)""",
+    "CREATE INDEX delivered_reports_age ON delivered_reports (delivered_us)",
+    """CREATE TABLE supersessions (
+        predecessor_uid TEXT NOT NULL,
+        successor_uid TEXT NOT NULL,
+        carried BLOB NOT NULL,
+        state TEXT NOT NULL,
+        recorded_us INTEGER NOT NULL,
+        PRIMARY KEY (predecessor_uid, successor_uid))""",
+    "CREATE INDEX supersessions_state ON supersessions (state, recorded_us)",
+)
+"""The statements that add the registry to a spool database (schema 2 -> 3)."""
 _SCHEMA = (
     """CREATE TABLE items (
         seq INTEGER PRIMARY KEY,
@@ -149,9 +169,11 @@ _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value NOT NULL) WITHOUT ROWID",
     "CREATE TABLE legacy_segments (name TEXT PRIMARY KEY, imported_to INTEGER NOT NULL) WITHOUT ROWID",
     _PROGRESS_TABLE,
+    *REGISTRY_TABLES,
 )
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (_PROGRESS_TABLE,),
+    2: REGISTRY_TABLES,
 }
 """Schema version -> the statements that turn a file of that version into the next one."""
 _ITEM_COLUMNS = "seq, sop_instance_uid, sop_class_uid, transfer_syntax_uid, calling_ae, received_at, size"

@@ -77,6 +77,25 @@ class AuditTrail:
     def deferred(self, item: SpoolItem, sent: SendResult | None = None) -> None:
         """Nothing final happened: no event (the item is delivered or dead-lettered later)."""
 
+    def ignored(self, item: SpoolItem, template: str) -> None:
+        """Not mapped, nothing written: no event (the receive event stands for the SR)."""
+
+    def superseded(self, predecessor_uid: str, successor_uid: str, resources: int, how: str,
+                   sent: SendResult | None = None) -> None:
+        """The transaction that retired a replaced report's resources (``after_successor``) is
+        a FHIR write: one event, for the replaced SR. ``on_arrival`` is in its own delivery event."""
+        if sent is None:
+            return
+        try:
+            written = (resources_written({}, sent.response_bundle, self.destination)
+                       if self.destination.startswith("http") else [])
+            self._write(delivery_event(
+                source=self.source, destination=self.destination, sop_instance_uid=predecessor_uid,
+                sop_class_uid="", calling_ae="", result=None, status_code=sent.status_code,
+                attempts=sent.attempts, elapsed_s=sent.elapsed_s, written=written))
+        except Exception:  # noqa: BLE001 - auditing must not break the forwarder
+            log.exception("audit_event_failed", kind="superseded")
+
     def hold_started(self, reason: HoldReason) -> None:
         self._hold(reason, None)
 

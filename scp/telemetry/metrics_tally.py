@@ -47,6 +47,14 @@ WORKER_COUNTERS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     "sr2fhir_bundles_deferred": ("Deliveries left pending for a later try (shutdown, outbox not writable).", None, ()),
     "sr2fhir_fhir_retries": ("FHIR requests retried after a transport error, 408, 429 or 5xx.", None, ()),
     "sr2fhir_delivery_holds": ("Times delivery was held because the FHIR endpoint itself was wrong.", None, ()),
+    "sr2fhir_unmapped": (("SR instances acknowledged and dropped because they are none of the documents sr2fhir "
+                          "maps (mapping.unmapped: ignore), by Template Identifier ('none': not given; 'other': "
+                          "not a short number)."), "template", ()),
+    "sr2fhir_reports_superseded": (("Replaced reports (Predecessor Documents Sequence of an amended or corrected "
+                                    "SR) whose Observations and ImagingSelections were set to entered-in-error; "
+                                    "how: after_successor (a transaction of their own) or on_arrival (the "
+                                    "replaced report came after its successor)."), "how",
+                                   ("after_successor", "on_arrival")),
 }
 WORKER_HISTOGRAMS = {
     "sr2fhir_delivery_latency_seconds": ("Seconds from receiving an SR to its delivery.", DELIVERY_LATENCY_BUCKETS_S),

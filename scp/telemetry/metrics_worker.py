@@ -105,6 +105,19 @@ class WorkerMetrics:
             self._tally.inc("sr2fhir_bundles_deferred")
         self._publish()
 
+    def ignored(self, item: SpoolItem, template: str) -> None:
+        """An SR sr2fhir does not map was dropped; ``template`` is already a bounded label."""
+        with self._lock:
+            self._tally.inc("sr2fhir_unmapped", (("template", template),))
+        self._publish()
+
+    def superseded(self, predecessor_uid: str, successor_uid: str, resources: int, how: str,
+                   sent: SendResult | None = None) -> None:
+        """A replaced report's resources were retired (:mod:`scp.delivery.supersession`)."""
+        with self._lock:
+            self._tally.inc("sr2fhir_reports_superseded", (("how", how),))
+        self._publish()
+
     # -- the delivery hold (scp.delivery.hold.HoldObserver) ------------------------------------
 
     def hold_started(self, reason: HoldReason) -> None:

@@ -171,7 +171,7 @@ def test_backlog_survives_a_down_fhir_server_and_a_restart(tmp_path):
 
 
 def test_unmappable_sr_is_dead_lettered_listed_and_requeued(tmp_path, capsys):
-    config = write_config(tmp_path)
+    config = write_config(tmp_path, mapping={"unmapped": "dead-letter"})
     not_tid1500 = report("not-1500")
     not_tid1500.ConceptNameCodeSequence[0].CodeValue = "18748-4"
     not_tid1500.ConceptNameCodeSequence[0].CodingSchemeDesignator = "LN"

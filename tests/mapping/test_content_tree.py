@@ -9,6 +9,8 @@ import pydicom
 import pytest
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import PersonName
 
@@ -78,6 +80,27 @@ def test_paths_values_and_types():
     assert num.observation_uid == sr.uid("n")
     assert num.observation_datetime == "20240101120000"
     assert tree.template_id == "1500"
+
+
+@pytest.mark.parametrize(("written", "read"), [
+    (" 12.50 ", "12.50"), ("-.5", "-0.5"), ("+1E3", "1E+3"),
+    ("1\u2003", None), ("\u20031", None), ("1\u00a0", None),  # not DS padding
+    ("\u0661\u0662", None), ("1_000", None), ("inf", None), ("1,5", None),  # not the DS repertoire
+])
+def test_numeric_value_is_read_by_the_ds_grammar_alike_in_both_readers(written, read):
+    """Only SPACE pads a DS (PS3.5 6.2); other whitespace or digits make it no number, both ways."""
+    group = sr.measurement_group("1410", measurements=[sr.num_item(sr.LENGTH, 1, sr.MM)])
+    report = sr.measurement_report([group])
+    measured = report.ContentSequence[4].ContentSequence[0].ContentSequence[-1].MeasuredValueSequence[0]
+    data = written.encode("utf-8")
+    measured[0x0040A30A] = RawDataElement(Tag(0x0040A30A), "DS", len(data), data, 0, False, True)
+    (fast, fast_skipped), (slow, slow_skipped) = both_ways(sr.to_part10_bytes(report))
+    assert fast == slow and fast_skipped == slow_skipped
+    nums = [c for c in fast.children[4].children[0].children if c.value_type == "NUM"]
+    if read is None:
+        assert nums == [] and [s.reason for s in fast_skipped] == [f"NUM: Numeric Value {written.strip(' ')!r} is not a finite decimal number"]
+    else:
+        assert str(nums[0].value.value) == read and fast_skipped == []
 
 
 def test_an_unreadable_item_is_skipped_with_its_path_and_the_rest_kept():

@@ -252,3 +252,94 @@ class TestItemsNoted:
 def test_the_fidelity_report_validates_in_both_write_modes(conformant):
     report = fidelity_report()
     conformant(**{mode: map_sr(report, MappingOptions(write_mode=mode)).bundle for mode in ("put", "conditional")})
+
+
+class TestRetiredSnomedCodes:
+    """SNOMED-RT (SRT) codes: translated to SNOMED CT, the SR's own code kept as a second coding
+    wherever the element is a CodeableConcept without a pattern on ``coding``."""
+
+    SCT = "http://snomed.info/sct"
+    SRT = "urn:dicom:coding-scheme:SRT"
+    LUNG_SRT = sr.coded("T-28000", "SRT", "Lung")
+    RIGHT_SRT = sr.coded("G-A100", "SRT", "Right")
+    ANTERIOR_SRT = sr.coded("R-404CC", "SRT", "Anterior")
+    ABNORMAL_SRT = sr.coded("M-01000", "SRT", "Morphologically abnormal structure")
+    LENGTH_SRT = sr.coded("G-D7FE", "SRT", "Length")
+    MAXIMUM_SRT = sr.coded("G-A437", "SRT", "Maximum")
+    MEAN_SRT = sr.coded("R-00317", "SRT", "Mean")
+
+    def pair(self, sct, srt, meaning):
+        return [{"system": self.SCT, "code": sct, "display": meaning},
+                {"system": self.SRT, "code": srt, "display": meaning}]
+
+    def report(self):
+        length = sr.num_item(self.LENGTH_SRT, 12.5, sr.MM, children=[
+            sr.code_item(DERIVATION, self.MEAN_SRT, "HAS CONCEPT MOD")])
+        evaluation = sr.code_item(sr.MALIGNANCY, self.ABNORMAL_SRT)
+        group = sr.measurement_group(
+            "1410", finding_category=self.ABNORMAL_SRT, finding=self.ABNORMAL_SRT, method=self.MAXIMUM_SRT,
+            algorithm=sr.algorithm_items("Finder", "1.0", family=self.MAXIMUM_SRT),
+            finding_site=sr.finding_site_item(self.LUNG_SRT, laterality=self.RIGHT_SRT, modifier=self.ANTERIOR_SRT),
+            items=[sr.image_item(sr.ILLUSTRATION_OF_ROI, sr.SECONDARY_CAPTURE, sr.uid("srt:illustration"))],
+            measurements=[length, sr.num_item(sr.DIAMETER, 3, sr.MM)], qualitative=[evaluation])
+        return sr.measurement_report([group])
+
+    def test_second_coding_on_observations_where_the_profiles_allow_it(self):
+        result = map_sr(self.report())
+        bundle = result.bundle
+        group = one(bundle, "imaging-measurement-group")
+        abnormal = self.pair("49755003", "M-01000", "Morphologically abnormal structure")
+        assert group["code"]["coding"] == abnormal  # Finding category value
+        assert group["valueCodeableConcept"]["coding"] == abnormal  # Finding
+        assert group["method"]["coding"] == self.pair("56851009", "G-A437", "Maximum")
+        assert deref(bundle, group["device"])["type"] == [{"coding": self.pair("56851009", "G-A437", "Maximum")}]
+        length, diameter = measurements(bundle)
+        assert length["code"]["coding"] == self.pair("410668003", "G-D7FE", "Length")
+        assert length["component"][0]["valueCodeableConcept"]["coding"] == self.pair("373098007", "R-00317", "Mean")
+        assert one(bundle, "imaging-qualitative-evaluation")["valueCodeableConcept"]["coding"] == abnormal
+        # Where the SR wrote SNOMED CT, or a designator never translated, there is one coding.
+        assert diameter["code"]["coding"] == [{"system": self.SCT, "code": "81827009", "display": "Diameter"}]
+        assert [c["code"] for c in one(bundle, "imaging-qualitative-evaluation")["code"]["coding"]] == ["RID36042"]
+        # Elements whose profile fixes a pattern on coding keep exactly that one coding.
+        assert group["category"] == [{"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM",
+                                                  "code": "125007", "display": "Measurement Group"}]}]
+        assert len(one(bundle, "illustration-of-roi")["code"]["coding"]) == 1
+        # A Quantity holds one code: units are never doubled (and UCUM is never translated).
+        assert length["valueQuantity"]["code"] == "mm"
+        assert not [s for s in result.skipped if "SRT" in str(s)]  # SRT is a known designator, no note
+
+    def test_second_coding_on_the_finding_site_body_structure(self):
+        structure = one(map_sr(self.report()).bundle, "dicom-sr-finding-site")["includedStructure"]
+        assert structure == [{
+            "structure": {"coding": self.pair("39607008", "T-28000", "Lung")},
+            "laterality": {"coding": self.pair("24028007", "G-A100", "Right")},
+            "qualifier": [{"coding": self.pair("255549009", "R-404CC", "Anterior")}],
+        }]
+
+    def test_concept_keys_still_match_after_translation(self):
+        """An SRT Finding Site / Laterality concept name is recognised as its SNOMED CT key."""
+        site = sr.code_item(sr.coded("G-C0E3", "SRT", "Finding Site"), self.LUNG_SRT, "HAS CONCEPT MOD")
+        bundle = map_sr(sr.measurement_report([sr.measurement_group(
+            "1410", finding_site=site, measurements=[sr.num_item(sr.LENGTH, 1, sr.MM)])])).bundle
+        assert one(bundle, "dicom-sr-finding-site")["includedStructure"][0]["structure"]["coding"][1]["code"] == "T-28000"
+
+    def test_snm3_is_read_as_srt_and_keeps_its_own_system(self):
+        lung_snm3 = sr.coded("T-28000", "SNM3", "Lung")
+        bundle = map_sr(sr.measurement_report([sr.measurement_group(
+            "1410", finding_site=sr.finding_site_item(lung_snm3), measurements=[sr.num_item(sr.LENGTH, 1, sr.MM)])])).bundle
+        assert one(bundle, "dicom-sr-finding-site")["includedStructure"][0]["structure"]["coding"] == [
+            {"system": self.SCT, "code": "39607008", "display": "Lung"},
+            {"system": "http://terminology.hl7.org/CodeSystem/SNM3", "code": "T-28000", "display": "Lung"}]
+
+    def test_a_plain_image_selection_keeps_the_original_code_too(self):
+        source = sr.image_item(sr.coded("G-C05F", "SRT", "Source"), sr.CT_IMAGE_STORAGE, sr.uid("srt:ct"))
+        bundle = map_sr(sr.measurement_report([sr.measurement_group(
+            "1501", items=[source], measurements=[sr.num_item(sr.AREA, 4, sr.MM2)])])).bundle
+        selection = next(r for r in resources(bundle, resource_type="ImagingSelection")
+                         if any(i["uid"] == sr.uid("srt:ct") for i in r.get("instance", [])))
+        assert selection["code"]["coding"] == self.pair("260753009", "G-C05F", "Source")
+
+    @pytest.mark.conformance
+    def test_bundles_with_srt_codes_validate_in_both_write_modes(self, conformant):
+        report = self.report()
+        conformant(**{mode: map_sr(report, MappingOptions(write_mode=mode)).bundle for mode in ("put", "conditional")})

@@ -243,12 +243,13 @@ class TestPractitionerAndFindingSite:
         assert site["patient"]["identifier"]["value"] == "PID-1"
         assert one(bundle, "imaging-measurement-group")["bodyStructure"] == {"reference": reference_to(bundle, site)}
 
-    def test_srt_codes_are_translated_to_snomed_ct(self):
+    def test_srt_codes_are_translated_to_snomed_ct_and_keep_the_srs_code(self):
         site = sr.code_item(sr.coded("G-C0E3", "SRT", "Finding Site"), sr.coded("T-D00F7", "SRT", "Vertebral column"),
                             "HAS CONCEPT MOD")
         bundle = mapped([planar_group(finding_site=site)]).bundle
         assert one(bundle, "dicom-sr-finding-site")["includedStructure"][0]["structure"]["coding"] == [
-            {"system": SCT, "code": "297171002", "display": "Vertebral column"}]
+            {"system": SCT, "code": "297171002", "display": "Vertebral column"},
+            {"system": "urn:dicom:coding-scheme:SRT", "code": "T-D00F7", "display": "Vertebral column"}]
 
 
 class TestDocumentContext:

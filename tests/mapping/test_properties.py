@@ -85,7 +85,7 @@ def _base_report() -> Dataset:
         "1411", tracking_identifier="Lesion V", finding_site=sr.finding_site_item(sr.LUNG),
         items=[
             sr.image_item(sr.REFERENCED_SEGMENT, sr.SEGMENTATION_STORAGE, SEGMENTATION, segments=[1, 2]),
-            sr.uidref_item(sr.SOURCE_SERIES_FOR_SEGMENTATION, sr.uid("series:properties")),
+            sr.uidref_item(sr.SOURCE_SERIES_FOR_SEGMENTATION, sr.uid(f"series:{ct}")),
             sr.image_item(sr.SOURCE_IMAGE_FOR_SEGMENTATION, ct, ct_1),
             sr.image_item(sr.SOURCE_IMAGE_FOR_SEGMENTATION, ct, ct_2),
             sr.scoord3d_item("ELLIPSOID", [0, 0, 0, 20, 0, 0, 10, -8, 0, 10, 8, 0, 10, 0, -5, 10, 0, 5],
@@ -562,6 +562,14 @@ CODE_VALUE_IS_A_SEQUENCE = Mutation("CodeValue := SQ [code item]", REPORT_MALIGN
                                     _put(0x00080100, "SQ", [sr.coded("x", "y", "z")]))
 TEXT_VALUE_IS_A_SEQUENCE = Mutation("TextValue := SQ [code item]", REPORT_COMMENT,
                                     _put(0x0040A160, "SQ", [sr.coded("x", "y", "z")]))
+# Whitespace outside the DS repertoire: pydicom decodes an invalid DS with the dataset's
+# character set (UTF-8: an em-space, which Decimal() would strip), the raw reader as Latin-1;
+# an LO keeps its leading blanks in pydicom. Both readers must refuse the value alike.
+NUMERIC_VALUE_WITH_EM_SPACE = Mutation("raw NumericValue '1\\u2003'", MEASURED_VALUES[0],
+                                       _raw(0x0040A30A, "DS", "1\u2003".encode("utf-8")))
+NUMERIC_VALUE_LO_WITH_TAB = Mutation("NumericValue := '\\t1'", MEASURED_VALUES[0], _put(0x0040A30A, "LO", "\t1"))
+# An empty value of a binary VR: pydicom reads it as None, and so must the raw reader.
+RELATIONSHIP_TYPE_EMPTY_OB = Mutation("RelationshipType := OB b''", ((Tag(0x0040A730), 0),), _put(0x0040A010, "OB", b""))
 
 # --- Tests -------------------------------------------------------------------------------------------
 
@@ -658,6 +666,9 @@ class TestPart10RoundTrip:
     @budget(20)
     @given(mutation=any_mutation)
     @example(mutation=TEXT_VALUE_IS_A_SEQUENCE)
+    @example(mutation=NUMERIC_VALUE_WITH_EM_SPACE)
+    @example(mutation=NUMERIC_VALUE_LO_WITH_TAB)
+    @example(mutation=RELATIONSHIP_TYPE_EMPTY_OB)
     def test_raw_and_decoded_content_sequence_map_alike(self, mutation: Mutation) -> None:
         """The raw Content Sequence reader and pydicom's decoding give the same Bundle."""
         data = sr.to_part10_bytes(_read_back(mutated(mutation)))

@@ -314,6 +314,116 @@ class TestVolumeSurface:
         assert "volume-surface" in derived_from_profiles(bundle, group_observation(bundle))
 
 
+class TestVolumeSurfaceSeries:
+    """``seriesUid`` is the Source series for segmentation (DCM 121232), never the SR's own."""
+
+    def surface(self):
+        return sr.scoord3d_item("POINT", [1.0, 2.0, 3.0], FRAME_OF_REFERENCE, concept=sr.VOLUME_SURFACE,
+                                observation_uid=sr.uid("surface-item"))
+
+    def test_source_series_without_images_gives_the_series_and_no_instance(self):
+        bundle, skipped = volumetric_report([self.surface(), SOURCE_ITEMS[0]])
+        selection = one(bundle, "volume-surface")
+        assert selection["seriesUid"] == CT_SERIES
+        assert selection["frameOfReferenceUid"] == FRAME_OF_REFERENCE
+        # R5 holds the coordinates only under an instance, and the SR is not in CT_SERIES.
+        assert "instance" not in selection
+        assert skipped == [f"1.5.1.6 (DCM,121231): SCOORD3D coordinates not mapped: R5 holds imageRegion3D only under "
+                           f"an instance, and no Source image for segmentation of series {CT_SERIES} is named to carry it"]
+        focus = [deref(bundle, ref) for ref in selection["focus"]]
+        assert [f["code"]["coding"][0]["code"] for f in focus] == ["121232", "111040"]
+        assert focus[0]["seriesUid"] == CT_SERIES and "instance" not in focus[0]
+        # The SR content item holding the coordinates stays reachable.
+        assert focus[1]["instance"][0]["subset"] == [sr.uid("surface-item")]
+
+    def test_no_source_series_no_images_the_sr_item_carries_the_region_without_a_series(self):
+        bundle, skipped = volumetric_report([self.surface()])
+        selection = one(bundle, "volume-surface")
+        assert skipped == []
+        assert "seriesUid" not in selection
+        assert [(i["uid"], i["subset"]) for i in selection["instance"]] == [(sr.uid("sr"), [sr.uid("surface-item")])]
+        assert selection["instance"][0]["imageRegion3D"] == [{"regionType": "point", "coordinate": [1.0, 2.0, 3.0]}]
+
+    def test_source_images_without_source_series_take_their_evidence_series(self):
+        bundle, _ = volumetric_report([self.surface(), *SOURCE_ITEMS[1:]])
+        selection = one(bundle, "volume-surface")
+        assert selection["seriesUid"] == CT_SERIES
+        assert [i["uid"] for i in selection["instance"]] == [CT_1, CT_2]
+
+    def test_a_source_image_of_another_series_is_never_under_the_source_series(self):
+        other_series, ct_9 = sr.uid("series:other"), sr.uid("ct:9")
+        items = [self.surface(), *SOURCE_ITEMS, sr.image_item(sr.SOURCE_IMAGE_FOR_SEGMENTATION, CT, ct_9)]
+        bundle, skipped = volumetric_report(items, evidence=[(CT_SERIES, CT, CT_1), (CT_SERIES, CT, CT_2),
+                                                             (other_series, CT, ct_9)])
+        surface, sources = one(bundle, "volume-surface"), one(bundle, "source-image-for-segmentation")
+        for selection in (surface, sources):
+            assert selection["seriesUid"] == CT_SERIES
+            assert [i["uid"] for i in selection["instance"]] == [CT_1, CT_2]
+        # The stray image is selected on its own, under its own series, and named in a note.
+        own = [r for r in resources(bundle, resource_type="ImagingSelection")
+               if any(i["uid"] == ct_9 for i in r.get("instance", []))]
+        assert [(r["seriesUid"], r["code"]["coding"][0]["code"]) for r in own] == [(other_series, "121233")]
+        assert any(deref(bundle, ref) is own[0] for ref in group_observation(bundle)["derivedFrom"])
+        assert skipped == [f"1.5.1.10 (DCM,121233): source image is in series {other_series} (evidence), not in the Source "
+                           f"series for segmentation {CT_SERIES}: selected on its own, not under that series"]
+
+    def test_a_source_series_uid_too_long_for_an_id_is_never_a_series_uid(self):
+        long_uid = "1." + "2" * 64
+        items = [self.surface(), sr.uidref_item(sr.SOURCE_SERIES_FOR_SEGMENTATION, long_uid), *SOURCE_ITEMS[1:]]
+        bundle, skipped = volumetric_report(items)
+        selection = one(bundle, "volume-surface")
+        assert selection["seriesUid"] == CT_SERIES  # the images' own series, from the evidence
+        assert all(r.get("seriesUid") != long_uid for r in resources(bundle, resource_type="ImagingSelection"))
+        assert skipped == ["1.5.1.7 (DCM,121232): UID longer than 64 characters: cannot be a seriesUid (FHIR id)"]
+
+
+class TestInstancesStayInTheirSeries:
+    """No ``instance`` ever sits under the ``seriesUid`` of another series, for any selection kind."""
+
+    @staticmethod
+    def series_by_instance(ds):
+        known = {ds.SOPInstanceUID: ds.SeriesInstanceUID}
+        for study in ds.get("CurrentRequestedProcedureEvidenceSequence", []):
+            for series in study.ReferencedSeriesSequence:
+                for ref in series.ReferencedSOPSequence:
+                    known[ref.ReferencedSOPInstanceUID] = series.SeriesInstanceUID
+        return known
+
+    @pytest.mark.parametrize("with_source_series", [True, False])
+    def test_every_profile_report(self, with_source_series):
+        from tests.support.report_fixtures import every_profile_report
+
+        ds = every_profile_report()
+        if not with_source_series:
+            measurements = next(c for c in ds.ContentSequence if c.ConceptNameCodeSequence[0].CodeValue == "126010")
+            for group in (g for g in measurements.ContentSequence if "ContentSequence" in g):
+                group.ContentSequence = [c for c in group.ContentSequence
+                                         if c.ConceptNameCodeSequence[0].CodeValue != "121232"]
+        known = self.series_by_instance(ds)
+        selections = resources(map_sr(ds).bundle, resource_type="ImagingSelection")
+        kinds = {s["code"]["coding"][0]["code"] for s in selections}
+        assert {"111030", "121231", "121191", "121214", "121233", "121200", "130401", "126100", "111040"} <= kinds
+        for selection in selections:
+            for instance in selection.get("instance", []):
+                if "seriesUid" in selection and instance["uid"] in known:
+                    assert known[instance["uid"]] == selection["seriesUid"], selection["code"]
+        surface_series = {s.get("seriesUid") for s in selections if s["code"]["coding"][0]["code"] == "121231"}
+        assert ds.SeriesInstanceUID not in surface_series
+
+    def test_referenced_segment_not_in_the_evidence_has_no_series(self):
+        segment = sr.image_item(sr.REFERENCED_SEGMENT, sr.SEGMENTATION_STORAGE, sr.uid("seg"), segments=[1])
+        bundle, _ = volumetric_report([segment, *SOURCE_ITEMS], evidence=[(CT_SERIES, CT, CT_1), (CT_SERIES, CT, CT_2)])
+        # 121232 is the source images' series (IG §4): the segmentation is not in it.
+        assert "seriesUid" not in one(bundle, "referenced-segment")
+        assert one(bundle, "source-image-for-segmentation")["seriesUid"] == CT_SERIES
+
+    def test_images_of_two_series_in_one_selection_have_no_series(self):
+        other = sr.uid("ct:other")
+        items = [sr.image_item(sr.ILLUSTRATION_OF_ROI, CT, CT_1), sr.image_item(sr.ILLUSTRATION_OF_ROI, CT, other)]
+        bundle, _ = report(items, evidence=[(CT_SERIES, CT, CT_1), (sr.uid("series:other"), CT, other)])
+        assert "seriesUid" not in one(bundle, "illustration-of-roi")
+
+
 class TestSourceSrContentItem:
     def test_each_item_with_an_observation_uid_gets_one(self):
         bundle, _ = report([], measurements=[sr.num_item(sr.LENGTH, 1, sr.MM, observation_uid=sr.uid("num"))])

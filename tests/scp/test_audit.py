@@ -269,6 +269,18 @@ class TestAuditLog:
         assert read_lines(tmp_path / "trail.jsonl.1") == [{"id": "before"}]
         assert read_lines(path) == [{"id": "after"}]
 
+    def test_a_retiring_transaction_is_one_event_for_the_replaced_sr(self, tmp_path: Path, report) -> None:
+        _, bundle = report
+        trail = AuditTrail(AuditLog(tmp_path / "trail.jsonl"), SOURCE, destination=BASE_URL)
+        trail.superseded(uid("replaced"), uid("replacing"), 3, "after_successor", delivered_result(bundle))
+        trail.superseded(uid("replaced"), uid("replacing"), 3, "on_arrival")  # in its own delivery event
+        trail.ignored(Item(), "2000")  # nothing written: the receive event stands for it
+        trail.audit_log.close()
+        [event] = [json.loads(line) for line in (tmp_path / "trail.jsonl").read_text().splitlines()]
+        assert event["code"]["coding"][0]["code"] == "transaction" and event["outcome"]["code"]["code"] == "0"
+        assert event["entity"][0]["what"]["identifier"]["value"] == f"urn:oid:{uid('replaced')}"
+        assert len(event["entity"]) == 1 + len(bundle["entry"])
+
     def test_a_trail_that_cannot_write_logs_and_goes_on(self, tmp_path: Path, report) -> None:
         ds, _ = report
         (tmp_path / "blocked").write_text("a file where the directory should be")

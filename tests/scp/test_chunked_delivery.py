@@ -213,7 +213,8 @@ def test_a_version_1_spool_is_upgraded_in_place(tmp_path):
     spool, _ = spool_with_reports(tmp_path, count=2)
     path = tmp_path / "spool" / DB_NAME
     with sqlite3.connect(path) as conn:  # what the previous release wrote
-        conn.execute("DROP TABLE progress")
+        for table in ("progress", "delivered_reports", "supersessions"):
+            conn.execute(f"DROP TABLE {table}")
         conn.execute("PRAGMA user_version = 1")
     conn.close()
     with spool.consumer() as consumer:
@@ -222,7 +223,7 @@ def test_a_version_1_spool_is_upgraded_in_place(tmp_path):
         consumer.record_progress(items[0], "abc", 1)
         assert consumer.progress(items[0]) == ("abc", 1)
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchall() == [(SCHEMA_VERSION,)] == [(2,)]
+        assert conn.execute("PRAGMA user_version").fetchall() == [(SCHEMA_VERSION,)] == [(3,)]
     conn.close()
 
 

@@ -63,7 +63,8 @@ class TestDefaults:
         assert settings.fhir.base_url is None
         assert settings.fhir.outbox_directory == Path("outbox")
         assert settings.fhir.writes_to_outbox
-        assert settings.mapping == MappingOptions()
+        assert settings.mapping.options() == MappingOptions() and settings.mapping.unmapped == "ignore"
+        assert settings.spool.remember_delivered_days == 365
         assert (settings.forwarder.concurrency, settings.forwarder.poll_interval_s,
                 settings.forwarder.batch_size) == (4, 0.2, 32)
         assert (settings.log.level, settings.log.format, settings.log.include_phi) == ("info", "auto", False)

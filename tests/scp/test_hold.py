@@ -316,6 +316,12 @@ class Settled:
     def deferred(self, item, sent=None) -> None:
         pass
 
+    def ignored(self, item, template) -> None:
+        self._one()
+
+    def superseded(self, predecessor_uid, successor_uid, resources, how, sent=None) -> None:
+        pass
+
 
 async def forward(spool: Spool, endpoint: Endpoint, script: Callable[..., Any], *, concurrency: int = 4,
                   settle: int) -> tuple[Recorder, DeliveryHold]:

@@ -33,7 +33,7 @@ def every_profile_report(sop_class_uid: str = sr.COMPREHENSIVE_3D_SR, *, observa
     rt_region = sr.composite_item(sr.REGION_IN_SPACE, sr.RT_STRUCTURE_SET_STORAGE, sr.uid("rtstruct"))
     rt_region.ContentSequence = [sr.text_item(sr.coded("130490", "DCM", "ROI Name"), "GTV", "HAS PROPERTIES")]
     source_items = [
-        sr.uidref_item(sr.SOURCE_SERIES_FOR_SEGMENTATION, sr.uid("series:ct")),
+        sr.uidref_item(sr.SOURCE_SERIES_FOR_SEGMENTATION, sr.uid(f"series:{CT}")),  # where the evidence puts CT images
         sr.image_item(sr.SOURCE_IMAGE_FOR_SEGMENTATION, CT, sr.uid("ct:1")),
         sr.image_item(sr.SOURCE_IMAGE_FOR_SEGMENTATION, CT, sr.uid("ct:2")),
     ]
