@@ -35,7 +35,7 @@ _SEQUENCE_DELIMITER = 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 _SPECIFIC_CHARACTER_SET = 0x00080005
 _LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
-_KNOWN_VRS = frozenset(v.value for v in VR)
+_KNOWN_VRS = {v.value.encode("ascii"): v.value for v in VR}  # VR bytes -> VR
 _TAG_LENGTH = struct.Struct("<HHI")
 _TAG_VR_SHORT = struct.Struct("<HH2sH")
 _U32 = struct.Struct("<I")
@@ -51,12 +51,12 @@ def check_every_element(ds: Dataset) -> None:
     ``ds`` is what ``pydicom.dcmread`` returned (elements still raw); it is not modified.
     """
     try:
-        _check_dataset(ds, [default_encoding], set())
+        _check_dataset(ds, [default_encoding], {})
     except _Unhandled:
         ds.walk(lambda _ds, _elem: None)
 
 
-def _check_dataset(ds: Dataset, parent_encodings: MutableSequence[str] | str, seen: set[tuple]) -> None:
+def _check_dataset(ds: Dataset, parent_encodings: MutableSequence[str] | str, seen: dict[object, set[bytes]]) -> None:
     encodings = _encodings(ds, parent_encodings)
     for tag in list(ds.keys()):
         raw = ds.get_item(tag)
@@ -73,7 +73,7 @@ def _check_dataset(ds: Dataset, parent_encodings: MutableSequence[str] | str, se
         if raw.length == _UNDEFINED and vr not in ("SQ", None):
             raise _Unhandled  # an undefined-length UN or encapsulated value: pydicom's business
         if vr == "SQ" or (vr is None and raw.length == _UNDEFINED):
-            data = memoryview(raw.value)
+            data = raw.value
             _SequenceChecker(raw.is_implicit_VR, seen).items(data, 0, len(data), encodings)
         else:
             _convert(raw, encodings, ds)
@@ -105,21 +105,22 @@ class _SequenceChecker:
     """Splits the raw bytes of a sequence into items and elements, converting each leaf once.
 
     An element already converted in this file with the same tag, VR, bytes and character set
-    is not converted again: the result would be the same (coded concepts, relationship and
-    value types repeat thousands of times in a large report), and a repeated warning is shown
-    once anyway.
+    is not converted again, nor a defined-length item of the same bytes checked again: the
+    result would be the same (coded concepts, relationship and value types repeat thousands of
+    times in a large report), and a repeated warning is shown once anyway.
     """
 
     __slots__ = ("implicit", "seen")
 
-    def __init__(self, implicit: bool, seen: set[tuple]) -> None:
+    def __init__(self, implicit: bool, seen: dict[object, set[bytes]]) -> None:
         self.implicit = implicit
         self.seen = seen
 
-    def items(self, buf: memoryview, pos: int, end: int, encodings: MutableSequence[str] | str,
+    def items(self, buf: bytes, pos: int, end: int, encodings: MutableSequence[str] | str,
               *, until_delimiter: bool = False) -> int:
         """Check the items from ``pos`` to ``end`` (or to the Sequence Delimitation Item that
         must close an undefined-length sequence); return the position after the sequence."""
+        seen = self.seen.setdefault(encodings if isinstance(encodings, str) else tuple(encodings), set())
         while pos < end:
             if pos + 8 > end:
                 raise _Unhandled
@@ -135,20 +136,25 @@ class _SequenceChecker:
             else:
                 if pos + length > end:
                     raise _Unhandled
-                self.elements(buf, pos, pos + length, encodings, until_delimiter=False)
+                # An item of the same bytes was checked already (coded concepts repeat most).
+                key = buf[pos - 8:pos + length]
+                if key not in seen:
+                    self.elements(buf, pos, pos + length, encodings, until_delimiter=False)
+                    seen.add(key)
                 pos += length
         if until_delimiter:
             raise _Unhandled
         return pos
 
-    def elements(self, buf: memoryview, pos: int, end: int, encodings: MutableSequence[str] | str,
+    def elements(self, buf: bytes, pos: int, end: int, encodings: MutableSequence[str] | str,
                  *, until_delimiter: bool) -> int:
         """Check one item's elements; return the position after the item."""
-        implicit, seen = self.implicit, self.seen
-        charset_key = encodings if isinstance(encodings, str) else tuple(encodings)
+        implicit = self.implicit
+        seen = self.seen.setdefault(encodings if isinstance(encodings, str) else tuple(encodings), set())
         while pos < end:
             if pos + 8 > end:
                 raise _Unhandled
+            start = pos
             if implicit:
                 group, element, length = _TAG_LENGTH.unpack_from(buf, pos)
                 vr = None
@@ -160,8 +166,8 @@ class _SequenceChecker:
                     vr = None
                     pos += 8
                 else:
-                    vr = vr_bytes.decode("latin-1")
-                    if vr not in _KNOWN_VRS:
+                    vr = _KNOWN_VRS.get(vr_bytes)
+                    if vr is None:
                         raise _Unhandled
                     if vr in _LONG_VRS:
                         if pos + 12 > end:
@@ -188,15 +194,17 @@ class _SequenceChecker:
                 continue
             if length == _UNDEFINED or pos + length > end:
                 raise _Unhandled
-            value = bytes(buf[pos:pos + length])
             if tag == _SPECIFIC_CHARACTER_SET:  # an item's own character set, for the elements after it
+                value = buf[pos:pos + length]
                 charset = _convert(RawDataElement(BaseTag(tag), vr, length, value, pos, implicit, True), encodings)
                 if charset:
                     encodings = convert_encodings(charset)
-                    charset_key = tuple(encodings)
+                    seen = self.seen.setdefault(tuple(encodings), set())
             else:
-                key = (tag, vr, value, charset_key)
+                # The element's whole encoding (tag, VR, length, value) is the key: one slice.
+                key = buf[start:pos + length]
                 if key not in seen:
+                    value = buf[pos:pos + length]
                     _convert(RawDataElement(BaseTag(tag), vr, length, value, pos, implicit, True), encodings)
                     seen.add(key)
             pos += length
