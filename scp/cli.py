@@ -7,6 +7,7 @@ not pay for (or depend on) pynetdicom, prometheus_client and httpx.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -155,6 +156,10 @@ def _convert(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                                  fhir_version=args.fhir_version, r4_imaging_selection=args.r4_imaging_selection)
     except ValidationError as exc:
         parser.error(f"--timezone: {exc.errors()[0]['msg'].removeprefix('Value error, ')}")
+    # Everything imported stays for the process's life: spare it the collector's full passes,
+    # which a large report's hundreds of thousands of short-lived objects otherwise trigger
+    # (about a sixth of convert's time). Forked workers inherit this.
+    gc.freeze()
     return run_convert(
         args.inputs, options, output=args.output, output_dir=args.output_dir,
         indent=None if args.compact else 2, jobs=args.jobs,

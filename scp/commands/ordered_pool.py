@@ -7,6 +7,7 @@ archive of 100,000 files holds a few Bundles in memory, not all of them.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import signal
@@ -50,7 +51,7 @@ def ordered_map(function: Callable[[T], R], inputs: Sequence[T], jobs: int) -> I
     size = max(1, min(16, len(inputs) // (jobs * 8)))
     chunks = _chunks(inputs, size)
     pending: deque[Future[list[R]]] = deque()
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=_context(), initializer=_ignore_sigint) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=_context(), initializer=_start_worker) as pool:
         try:
             for chunk in chunks:
                 pending.append(pool.submit(_run_chunk, function, chunk))
@@ -83,6 +84,8 @@ def _context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-def _ignore_sigint() -> None:
-    """Ctrl-C is the parent's to handle: it cancels the pool; workers just finish or are ended."""
+def _start_worker() -> None:
+    # Ctrl-C is the parent's to handle: it cancels the pool; workers just finish or are ended.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # What the worker imported lives as long as it does: keep it out of the collector's passes.
+    gc.freeze()
