@@ -7,7 +7,9 @@ UID) to a temporary directory, then measures, in each of ``--repeat`` rounds:
 
 - ``sr2fhir convert -d OUT --jobs 1`` of 1 file and of all files: the marginal cost of one
   report is ``(t(N files) - t(1 file)) / (N - 1)`` (the interpreter's start-up and imports cancel out);
-- the same with ``--jobs 2`` over all files: the throughput ratio ``t(jobs 1) / t(jobs 2)``;
+- the same with ``--jobs 2`` over all files: the throughput ratio ``t(jobs 1) / t(jobs 2)``, and
+  the CPU time both runs took (user + system, workers included: were it equal, the work split
+  well, and a wall-time ratio far from 2 says the cores were busy with something else);
 - in this process, the baseline: ``pydicom.dcmread`` + decoding every element
   (``Dataset.walk``) of the same file (median of 5, before and after the CLI runs), and
   ``map_sr`` alone for reference.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -62,15 +65,22 @@ def write_reports(directory: Path, count: int) -> list[Path]:
     return paths
 
 
-def cli_seconds(inputs: list[Path], jobs: int, out: Path) -> float:
-    """Wall time of ``sr2fhir convert INPUTS -d OUT --jobs N`` as a subprocess."""
+def cli_seconds(inputs: list[Path], jobs: int, out: Path) -> tuple[float, float]:
+    """Wall time and CPU time (user + system, the CLI and its workers) of
+    ``sr2fhir convert INPUTS -d OUT --jobs N`` as a subprocess."""
     shutil.rmtree(out, ignore_errors=True)
+    cpu_before = _children_cpu()
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "scp.cli", "convert", *map(str, inputs), "-d", str(out), "--jobs", str(jobs)],
                    cwd=REPO, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
     elapsed = time.perf_counter() - start
     assert len(list(out.iterdir())) == len(inputs), "one Bundle per input"
-    return elapsed
+    return elapsed, _children_cpu() - cpu_before
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # every waited-for descendant
+    return usage.ru_utime + usage.ru_stime
 
 
 def serialisation_ms(bundle: dict) -> dict[str, float]:
@@ -115,22 +125,25 @@ def main(argv: list[str] | None = None) -> int:
             map_sr(pydicom.dcmread(BytesIO(data)))
 
         print(f"\n60 groups x 4 measurements: {len(data) / 1024:.0f} KiB DICOM, {count} files, Bundles to -d DIR")
-        print("round  decode  map_sr  1 file  jobs 1  jobs 2  marginal  decode/marginal  jobs1/jobs2")
+        print("round  decode  map_sr  1 file  jobs 1  jobs 2  marginal  decode/marginal  jobs1/jobs2"
+              "  CPU jobs 1  CPU jobs 2")
         rounds = []
         # Each round measures its own baseline around its CLI runs, so a change of load between
         # rounds moves both sides of its ratios.
         for number in range(1, repeat + 1):
             decode_before = median_seconds(decode_all, 5)
             mapping = median_seconds(map_only, 5)
-            one = cli_seconds(inputs[:1], 1, out)
-            jobs1 = cli_seconds(inputs, 1, out)
-            jobs2 = cli_seconds(inputs, 2, out)
+            one, _ = cli_seconds(inputs[:1], 1, out)
+            jobs1, cpu1 = cli_seconds(inputs, 1, out)
+            jobs2, cpu2 = cli_seconds(inputs, 2, out)
             decode = (decode_before + median_seconds(decode_all, 5)) / 2
             marginal = (jobs1 - one) / (len(inputs) - 1)
             rounds.append({"decode": decode, "map": mapping, "one": one, "jobs1": jobs1, "jobs2": jobs2,
-                           "marginal": marginal, "speedup": decode / marginal, "scaling": jobs1 / jobs2})
+                           "marginal": marginal, "speedup": decode / marginal, "scaling": jobs1 / jobs2,
+                           "cpu1": cpu1, "cpu2": cpu2})
             print(f"{number:5}  {decode * 1000:4.0f}ms  {mapping * 1000:4.0f}ms  {one:5.2f}s  {jobs1:5.1f}s  "
-                  f"{jobs2:5.1f}s  {marginal * 1000:6.1f}ms  {decode / marginal:15.2f}  {jobs1 / jobs2:11.2f}")
+                  f"{jobs2:5.1f}s  {marginal * 1000:6.1f}ms  {decode / marginal:15.2f}  {jobs1 / jobs2:11.2f}"
+                  f"  {cpu1:9.1f}s  {cpu2:9.1f}s")
         speedup = statistics.median(r["speedup"] for r in rounds)
         scaling = statistics.median(r["scaling"] for r in rounds)
         print(f"\nmedian over rounds: full decode / marginal cost = {speedup:.2f} (target >= {1 / 0.3:.2f}, "
@@ -159,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
             {"name": f"convert --jobs 2 throughput over --jobs 1 ({count} files)",
              "value": round(scaling, 3), "target": 1.6,
              "baseline": "convert --jobs 1 over the same files, same run",
-             "figures": {"jobs 1": f"{med('jobs1', 1):.2f} s", "jobs 2": f"{med('jobs2', 1):.2f} s", **common}},
+             "figures": {"jobs 1": f"{med('jobs1', 1):.2f} s", "jobs 2": f"{med('jobs2', 1):.2f} s",
+                         "CPU jobs 1": f"{med('cpu1', 1):.1f} s", "CPU jobs 2": f"{med('cpu2', 1):.1f} s",
+                         **common}},
         ]
         args.json.write_text(json.dumps({"bench": "convert_bench", "ratios": ratios}, indent=2) + "\n",
                              encoding="utf-8")
