@@ -21,6 +21,7 @@ only after the resources it references, so referenced resources come first.
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from decimal import Decimal
 from urllib.parse import quote
@@ -129,9 +130,9 @@ def serialize(bundle: dict, *, indent: int | None = None) -> bytes:
     (``1.10`` stays ``1.10``, ``1E+400`` stays ``1E+400``): orjson has no Decimal type, so each
     is handed to it as the exact JSON text of the number (:class:`orjson.Fragment`). orjson
     writes the JSON ten times faster than simplejson did, with the same bytes for ``indent``
-    ``None`` (compact) and 2, except that a float may be spelled differently (``1e-7`` for
-    ``1e-07``: the same number); another ``indent`` still goes through simplejson. A
-    non-finite number raises :class:`ValueError` (JSON has none).
+    ``None`` (compact) and 2 (a float too: the few it spells otherwise are rewritten); another
+    ``indent`` still goes through simplejson. A non-finite number raises :class:`ValueError`
+    (JSON has none).
     """
     if indent not in (None, 2):
         separators = (",", ":") if indent is None else (",", ": ")
@@ -146,7 +147,29 @@ def serialize(bundle: dict, *, indent: int | None = None) -> bytes:
         raise
     if b"null" in text:  # orjson writes a NaN or infinite float as null: refuse it, as simplejson did
         _refuse_non_finite_floats(bundle)
+    if _MAYBE_SMALL_FLOAT.search(text):
+        # A float below 1e-4 (a SCOORD3D coordinate of 2.3e-14): orjson writes 2.3e-14 or
+        # 0.000023, Python's repr (simplejson, Bundles written before) 2.3e-14 and 2.3e-05.
+        # Rare, so look for it in the output first; a false alarm only costs a second pass.
+        text = orjson.dumps(_repr_small_floats(bundle), default=_json_number,
+                            option=orjson.OPT_INDENT_2 if indent == 2 else 0)
     return text
+
+
+# Where orjson may have written a float below 1e-4: a mantissa digit before "e-", or a number
+# (after "[", ":", "," or indentation) starting 0.0000.
+_MAYBE_SMALL_FLOAT = re.compile(rb"[0-9]e-|[\[:, ]-?0\.0000")
+
+
+def _repr_small_floats(value: object) -> object:
+    """``value`` with every float below 1e-4 (not zero) as a Fragment of its ``repr``."""
+    if isinstance(value, float):
+        return orjson.Fragment(float.__repr__(value)) if 0 < abs(value) < 1e-4 else value
+    if isinstance(value, dict):
+        return {key: _repr_small_floats(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_repr_small_floats(item) for item in value]
+    return value
 
 
 def _json_number(value: object) -> orjson.Fragment | float:

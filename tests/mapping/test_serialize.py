@@ -46,9 +46,21 @@ def test_same_bytes_as_simplejson(indent: int | None) -> None:
     assert serialize(value, indent=indent) == _simplejson(value, indent)
 
 
-def test_floats_may_be_spelled_differently_but_are_the_same_numbers() -> None:
-    floats = [1e-05, 1e-7, 0.0001, 1e22, 5e-324, 1.7976931348623157e308, 0.30000000000000004]
-    assert json.loads(serialize(floats)) == floats
+FLOATS = [1e-05, 1e-7, 0.0001, 0.00009999, -1.768796209944412e-05, 2.3e-14, 1e22, 1e16, 5e-324,
+          1.7976931348623157e308, 0.30000000000000004, -0.0, 0.0, DSfloat("1.5E-7")]
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_floats_are_spelled_as_simplejson_spelled_them(indent: int | None) -> None:
+    """orjson writes 1e-5 or 0.00001768...; repr, and so the Bundles written before, 1e-05 and 1.768...e-05."""
+    value = {"region": [{"coordinate": FLOATS}], "text": "Three-dimensional 0.00001 e-5", "n": Decimal("0.00002206")}
+    assert serialize(value, indent=indent) == _simplejson(value, indent)
+    assert json.loads(serialize(FLOATS)) == FLOATS
+
+
+@pytest.mark.parametrize("text", ["pre-existing", "0.00001 mm", "2e-5"])
+def test_texts_that_look_like_small_floats_stay_texts(text: str) -> None:
+    assert serialize({"text": text, "value": 0.5}) == _simplejson({"text": text, "value": 0.5}, None)
 
 
 @pytest.mark.parametrize("indent", [None, 2])

@@ -87,7 +87,18 @@ def _predecessor_report() -> Dataset:
     return ds
 
 
+def _tiny_coordinates() -> Dataset:
+    """Coordinates below 1e-4 (floats orjson spells otherwise than repr did) in 2D and 3D."""
+    (ct, ct_1), = sr.ct_image_refs(1)
+    group = sr.measurement_group(items=[
+        sr.scoord_item("POLYLINE", [0.00002, 1e-7, 3.5, 4, 1e-5, 6], sr.source_image(ct, ct_1)),
+        sr.scoord3d_item("POINT", [2.3e-14, -0.0000178, 120.5], sr.uid("frame-of-reference")),
+    ], measurements=[sr.num_item(sr.LENGTH, "0.00002206", sr.MM)])
+    return sr.measurement_report([group])
+
+
 BUILT: dict[str, Callable[[], Dataset]] = {
+    "tid1500-tiny-coordinates": _tiny_coordinates,
     "tid1500-large": lambda: sr.large_report(4, 3),
     "tid1500-every-profile": report_fixtures.every_profile_report,
     "tid1500-fidelity": report_fixtures.fidelity_report,
