@@ -12,8 +12,10 @@ decodes without building pydicom Datasets (a full ``Dataset.walk`` cost five tim
 
 from __future__ import annotations
 
+import os
 import struct
 import sys
+import uuid
 import warnings
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -97,23 +99,45 @@ def convert_file(path: Path, options: MappingOptions) -> Converted:
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """One input's result as the writer needs it (small and picklable, to cross from a worker
-    process): the Bundle's JSON, or the error; and the warnings, both as stderr lines."""
+    process): the Bundle's JSON (or the file a worker wrote it to), or the error; and the
+    warnings, both as stderr lines."""
 
     path: Path
     messages: tuple[str, ...]
     sop_instance_uid: str | None = None
     json: bytes | None = None
+    spooled: Path | None = None
+
+    @property
+    def converted(self) -> bool:
+        return self.json is not None or self.spooled is not None
 
 
-def convert_to_json(path: Path, options: MappingOptions, indent: int | None) -> Outcome:
-    """Read, map and serialise one file (what a worker does); never raises :class:`ConvertError`."""
+def convert_to_json(path: Path, options: MappingOptions, indent: int | None, *,
+                    spool_dir: Path | None = None, spool_prefix: str = ".sr2fhir-") -> Outcome:
+    """Read, map and serialise one file (what a worker does); never raises :class:`ConvertError`.
+
+    With ``spool_dir``, the JSON (and a newline) goes to a new hidden file there, named in
+    :attr:`Outcome.spooled`, rather than back through the pipe: the writer only renames it. An
+    indented 60-group Bundle is 2.5 MB, and copying it to the writer cost that process 8 ms a
+    report, an eighth of the report's whole cost, on the one process all workers wait for.
+    """
     try:
         converted = convert_file(path, options)
     except ConvertError as exc:
         return Outcome(path, (f"sr2fhir: error: {path}: {exc}",))
     notes = (*converted.warnings, *map(str, converted.result.skipped))
-    return Outcome(path, tuple(f"sr2fhir: warning: {path}: {note}" for note in notes), converted.sop_instance_uid,
-                   serialize(converted.result.bundle, indent=indent))
+    messages = tuple(f"sr2fhir: warning: {path}: {note}" for note in notes)
+    text = serialize(converted.result.bundle, indent=indent)
+    if spool_dir is None:
+        return Outcome(path, messages, converted.sop_instance_uid, text)
+    spool_dir.mkdir(parents=True, exist_ok=True)  # only once something converted, as without workers
+    spooled = spool_dir / f"{spool_prefix}{uuid.uuid4().hex}.part"
+    # Created as write_bytes creates a file (0666 less the umask), not 0600 as mkstemp would.
+    with os.fdopen(os.open(spooled, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+        f.write(text)
+        f.write(b"\n")
+    return Outcome(path, messages, converted.sop_instance_uid, spooled=spooled)
 
 
 def run_convert(
@@ -132,25 +156,35 @@ def run_convert(
     Output: ``output_dir/<SOP Instance UID>.json`` per input; or one file; or stdout (one
     Bundle, or one compact Bundle per line when there are several inputs). ``jobs`` worker
     processes (default: one per CPU this process may use) convert; the output, and the error
-    and warning lines on stderr, come in input order whatever ``jobs`` is. With stderr on a
+    and warning lines on stderr, come in input order whatever ``jobs`` is (into ``output_dir``,
+    workers write hidden files that this process renames in input order, so of two inputs
+    with one SOP Instance UID the later one's Bundle stays, as with one job). With stderr on a
     terminal and many inputs, a progress bar shows below those lines.
     """
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
+    jobs = jobs or default_jobs()
     to_stdout = output_dir is None and output is None
     json_indent = None if to_stdout and len(inputs) > 1 else indent
-    convert = partial(convert_to_json, options=options, indent=json_indent)
+    spool = output_dir is not None and jobs > 1 and len(inputs) > 1
+    spool_prefix = f".sr2fhir-convert-{os.getpid()}-"
+    convert = partial(convert_to_json, options=options, indent=json_indent,
+                      spool_dir=output_dir if spool else None, spool_prefix=spool_prefix)
     progress = Progress(len(inputs), stderr)
     failed = 0
     try:
-        for outcome in ordered_map(convert, inputs, jobs or default_jobs()):
+        for outcome in ordered_map(convert, inputs, jobs):
             for message in outcome.messages:
                 progress.line(message)
-            if outcome.json is None:
+            if not outcome.converted:
                 failed += 1
             elif output_dir is not None:
-                output_dir.mkdir(parents=True, exist_ok=True)  # only once something converted
-                (output_dir / f"{outcome.sop_instance_uid}.json").write_bytes(outcome.json + b"\n")
+                target = output_dir / f"{outcome.sop_instance_uid}.json"
+                if outcome.spooled is not None:
+                    os.replace(outcome.spooled, target)
+                else:
+                    output_dir.mkdir(parents=True, exist_ok=True)  # only once something converted
+                    target.write_bytes(outcome.json + b"\n")
             elif output is not None:
                 output.write_bytes(outcome.json + b"\n")
             else:
@@ -166,6 +200,10 @@ def run_convert(
         print(f"sr2fhir: error: a worker process died while converting {stopped_at} or the inputs after it "
               f"({exc}); {progress.done} of {len(inputs)} inputs done", file=stderr)
         return 1
+    finally:
+        if spool and output_dir.is_dir():  # a run cut short leaves no hidden files behind
+            for leftover in output_dir.glob(f"{spool_prefix}*.part"):
+                leftover.unlink(missing_ok=True)
     progress.finish()
     return 1 if failed else 0
 

@@ -110,6 +110,30 @@ class TestJobs:
         for name in names:
             assert (two / name).read_bytes() == (one / name).read_bytes()
 
+    def test_output_dir_with_two_jobs_keeps_the_later_of_two_inputs_with_one_uid(self, tmp_path: Path) -> None:
+        """Workers write hidden files, renamed in input order: the later input wins, as with one
+        job; the file's mode is that of one job's; nothing hidden stays behind."""
+        inputs = []
+        for i, value in enumerate(["11.5", "22.5"] * 3):
+            path = tmp_path / f"same-uid-{i}.dcm"
+            path.write_bytes(sr.to_part10_bytes(_report("same", value)))
+            inputs.append(path)
+        one, two = tmp_path / "one", tmp_path / "two"
+        assert _run("convert", *inputs, "-d", one, "--jobs", 1).returncode == 0
+        assert _run("convert", *inputs, "-d", two, "--jobs", 2).returncode == 0
+        (name,) = [p.name for p in one.iterdir()]
+        assert [p.name for p in two.iterdir()] == [name]
+        assert b"22.5" in (two / name).read_bytes() and b"11.5" not in (two / name).read_bytes()
+        assert (two / name).read_bytes() == (one / name).read_bytes()
+        assert (two / name).stat().st_mode == (one / name).stat().st_mode
+
+    def test_output_dir_is_not_made_when_nothing_converts(self, tmp_path: Path) -> None:
+        bad = [tmp_path / f"bad-{i}.dcm" for i in range(4)]
+        for path in bad:
+            path.write_text("not DICOM\n")
+        assert _run("convert", *bad, "-d", tmp_path / "out", "--jobs", 2).returncode == 1
+        assert not (tmp_path / "out").exists()
+
     def test_output_file_with_jobs(self, tmp_path: Path) -> None:
         one, two = tmp_path / "one.json", tmp_path / "two.json"
         assert _run("convert", EXAMPLE_SR, "-o", one, "--jobs", 1).returncode == 0
