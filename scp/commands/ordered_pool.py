@@ -47,8 +47,9 @@ def ordered_map(function: Callable[[T], R], inputs: Sequence[T], jobs: int) -> I
         return
     jobs = min(jobs, len(inputs))
     # Small chunks: a file takes milliseconds, a task's round trip a fraction of one; several
-    # chunks per worker keep both busy to the end of the run.
-    size = max(1, min(16, len(inputs) // (jobs * 8)))
+    # chunks per worker keep both busy to the end of the run. At most 4: a large report takes
+    # 70 ms, and the last chunk of one worker should not leave the others idle for long.
+    size = max(1, min(4, len(inputs) // (jobs * 8)))
     chunks = _chunks(inputs, size)
     pending: deque[Future[list[R]]] = deque()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=_context(), initializer=_start_worker) as pool:
