@@ -7,7 +7,6 @@ not pay for (or depend on) pynetdicom, prometheus_client and httpx.
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -148,6 +147,7 @@ def _convert(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from mapping import MappingOptions
 
     from .commands.convert import run_convert
+    from .commands.ordered_pool import settle_collector
 
     if args.output is not None and len(args.inputs) > 1:
         parser.error("--output takes one input; use --output-dir for several")
@@ -156,10 +156,7 @@ def _convert(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                                  fhir_version=args.fhir_version, r4_imaging_selection=args.r4_imaging_selection)
     except ValidationError as exc:
         parser.error(f"--timezone: {exc.errors()[0]['msg'].removeprefix('Value error, ')}")
-    # Everything imported stays for the process's life: spare it the collector's full passes,
-    # which a large report's hundreds of thousands of short-lived objects otherwise trigger
-    # (about a sixth of convert's time). Forked workers inherit this.
-    gc.freeze()
+    settle_collector()  # forked workers inherit it
     return run_convert(
         args.inputs, options, output=args.output, output_dir=args.output_dir,
         indent=None if args.compact else 2, jobs=args.jobs,

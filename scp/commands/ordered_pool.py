@@ -18,7 +18,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from itertools import islice
 from typing import TypeVar
 
-__all__ = ["default_jobs", "ordered_map"]
+__all__ = ["default_jobs", "ordered_map", "settle_collector"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -85,8 +85,20 @@ def _context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
+def settle_collector() -> None:
+    """Tune the cyclic garbage collector for a process that converts file after file.
+
+    What is imported lives as long as the process: frozen, the collector's full passes skip
+    it. A 60-group report allocates some hundred thousand containers and leaves no cycles
+    (reference counting frees them all), yet the default thresholds ran the collector over
+    them hundreds of times a report: 10 % of its time, even after the freeze. A collection of
+    the young generation every 100,000 allocations instead still frees any cycle soon.
+    """
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+
+
 def _start_worker() -> None:
     # Ctrl-C is the parent's to handle: it cancels the pool; workers just finish or are ended.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # What the worker imported lives as long as it does: keep it out of the collector's passes.
-    gc.freeze()
+    settle_collector()

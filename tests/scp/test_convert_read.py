@@ -5,6 +5,7 @@ Bundles are those of the daemon's reader (``map_sr(dcmread(bytes))``).
 
 from __future__ import annotations
 
+import gc
 import random
 from collections.abc import Callable
 from io import BytesIO
@@ -17,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from mapping import MappingOptions, map_sr, serialize
-from scp.commands.convert import ConvertError, convert_file, read_sr
+from scp.commands.convert import ConvertError, convert_file, convert_to_json, read_sr
 from scp.commands.element_check import check_every_element
 from tests.support import sr_builders as sr
 
@@ -143,3 +144,19 @@ class TestTheDaemonsReader:
         path.write_bytes(EXAMPLE_BYTES[:-1])
         with pytest.raises(ConvertError, match="truncated|unreadable"):
             read_sr(path)
+
+
+def test_converting_a_large_report_leaves_no_reference_cycles(tmp_path: Path) -> None:
+    """``settle_collector`` runs the cyclic collector rarely because a conversion frees all it
+    made by reference counting alone."""
+    path = tmp_path / "large.dcm"
+    path.write_bytes(sr.to_part10_bytes(sr.large_report(6, 3)))
+    convert_to_json(path, MappingOptions(), 2)  # first use: caches, lazily imported modules
+    gc.collect()
+    gc.disable()
+    try:
+        outcome = convert_to_json(path, MappingOptions(), 2)
+        del outcome
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
