@@ -176,7 +176,7 @@ def test_empty_measured_value_is_noted_and_unreadable_number_is_noted():
     broken = b.projection_dose_report(accumulated=[b.accumulated_x_ray_dose(
         dap=("12", b.ucum("mGy.cm2")), dose_rp=("NaN", b.GY))])
     notes = {n.path: n.reason for n in _map(pydicom.dcmread(BytesIO(to_part10_bytes(broken)))).skipped}
-    assert notes["1.8.3"] == "NUM: Numeric Value NaN is not a finite number"
+    assert notes["1.8.3"] == "NUM: Numeric Value 'NaN' is not a finite decimal number"
 
 
 # --- Projection X-ray (TID 10001) ----------------------------------------------------------
