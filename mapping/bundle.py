@@ -20,9 +20,13 @@ only after the resources it references, so referenced resources come first.
 
 from __future__ import annotations
 
+import math
+import re
 import uuid
+from decimal import Decimal
 from urllib.parse import quote
 
+import orjson
 import simplejson
 
 from .errors import MappingError
@@ -123,9 +127,69 @@ def serialize(bundle: dict, *, indent: int | None = None) -> bytes:
     """UTF-8 JSON of a Bundle; deterministic (insertion order, no timestamps).
 
     Measured values are :class:`~decimal.Decimal` and are written with their own digits
-    (simplejson does that; the stdlib's json cannot write a Decimal as a number).
+    (``1.10`` stays ``1.10``, ``1E+400`` stays ``1E+400``): orjson has no Decimal type, so each
+    is handed to it as the exact JSON text of the number (:class:`orjson.Fragment`). orjson
+    writes the JSON ten times faster than simplejson did, with the same bytes for ``indent``
+    ``None`` (compact) and 2 (a float too: the few it spells otherwise are rewritten); another
+    ``indent`` still goes through simplejson. A non-finite number raises :class:`ValueError`
+    (JSON has none).
     """
-    separators = (",", ":") if indent is None else (",", ": ")
-    return simplejson.dumps(
-        bundle, ensure_ascii=False, indent=indent, separators=separators, use_decimal=True, allow_nan=False,
-    ).encode("utf-8")
+    if indent not in (None, 2):
+        separators = (",", ":") if indent is None else (",", ": ")
+        return simplejson.dumps(
+            bundle, ensure_ascii=False, indent=indent, separators=separators, use_decimal=True, allow_nan=False,
+        ).encode("utf-8")
+    try:
+        text = orjson.dumps(bundle, default=_json_number, option=orjson.OPT_INDENT_2 if indent == 2 else 0)
+    except orjson.JSONEncodeError as exc:
+        if isinstance(exc.__cause__, ValueError):
+            raise exc.__cause__ from None
+        raise
+    if b"null" in text:  # orjson writes a NaN or infinite float as null: refuse it, as simplejson did
+        _refuse_non_finite_floats(bundle)
+    if b"0.0000" in text or _EXPONENT_OF_A_SMALL_NUMBER.search(text):
+        # A float below 1e-4 (a SCOORD3D coordinate of 2.3e-14): orjson writes 2.3e-14 or
+        # 0.000023, Python's repr (simplejson, the Bundles written before) 2.3e-14 and 2.3e-05.
+        # Rare: look for its traces in the output (2 ms for 2.5 MB); a false alarm (a Decimal
+        # 0.00002, "3e-1]" in a text) only costs a second pass.
+        text = orjson.dumps(_repr_small_floats(bundle), default=_json_number,
+                            option=orjson.OPT_INDENT_2 if indent == 2 else 0)
+    return text
+
+
+# The end of a number written with a negative exponent (not "3e-9" inside a UUID: no
+# delimiter after its digits). A regex starting with a literal: searched fast.
+_EXPONENT_OF_A_SMALL_NUMBER = re.compile(rb"e-[0-9]+[,\]}\n]")
+
+
+def _repr_small_floats(value: object) -> object:
+    """``value`` with every float below 1e-4 (not zero) as a Fragment of its ``repr``."""
+    if isinstance(value, float):
+        return orjson.Fragment(float.__repr__(value)) if 0 < abs(value) < 1e-4 else value
+    if isinstance(value, dict):
+        return {key: _repr_small_floats(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_repr_small_floats(item) for item in value]
+    return value
+
+
+def _json_number(value: object) -> orjson.Fragment | float:
+    """orjson's ``default``: a Decimal as its exact text, a float subclass (pydicom's DS) as a float."""
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"Out of range decimal values are not JSON compliant: {value}")
+        return orjson.Fragment(str(value))
+    if isinstance(value, float):
+        return float(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _refuse_non_finite_floats(value: object) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"Out of range float values are not JSON compliant: {value!r}")
+    if isinstance(value, dict):
+        for item in value.values():
+            _refuse_non_finite_floats(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _refuse_non_finite_floats(item)

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--timezone", default="UTC", metavar="TZ",
                          help="IANA time zone for DICOM times without an offset (default: UTC)")
     convert.add_argument("--compact", action="store_true", help="no indentation in the JSON")
+    convert.add_argument("-j", "--jobs", type=_positive_int, default=None, metavar="N",
+                         help="convert in N processes (default: one per CPU); output order is input order")
 
     serve = commands.add_parser(
         "serve", help="run the daemon: C-STORE SCP -> spool -> FHIR server (or outbox)",
@@ -76,6 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "(marked by `sr2fhir spool failed`)")
     _config_argument(retry)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _config_argument(parser: argparse.ArgumentParser) -> None:
@@ -135,6 +147,7 @@ def _convert(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from mapping import MappingOptions
 
     from .commands.convert import run_convert
+    from .commands.ordered_pool import settle_collector
 
     if args.output is not None and len(args.inputs) > 1:
         parser.error("--output takes one input; use --output-dir for several")
@@ -143,9 +156,10 @@ def _convert(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                                  fhir_version=args.fhir_version, r4_imaging_selection=args.r4_imaging_selection)
     except ValidationError as exc:
         parser.error(f"--timezone: {exc.errors()[0]['msg'].removeprefix('Value error, ')}")
+    settle_collector()  # forked workers inherit it
     return run_convert(
         args.inputs, options, output=args.output, output_dir=args.output_dir,
-        indent=None if args.compact else 2,
+        indent=None if args.compact else 2, jobs=args.jobs,
     )
 
 
