@@ -28,9 +28,9 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 
-BENCHES = ("convert_bench", "ingest_bench", "listener_bench", "delivery_bench", "hapi_delivery_bench", "map_bench")
-"""In the order they run; the ingest helper's multi-association bench may be ``listener_bench``
-or a mode of ``ingest_bench`` (then ``listener_bench.py`` is absent: "not available")."""
+BENCHES = ("convert_bench", "ingest_bench", "delivery_bench", "hapi_delivery_bench", "map_bench")
+"""In the order they run; ``ingest_bench`` measures one and four associations, with
+``dicom.listener_processes`` 1 and auto."""
 
 TIMEOUT_S = {"quick": 900.0, "full": 3600.0}
 
