@@ -52,17 +52,19 @@ server.shutdown()
 """
 
 
-def write_reports(directory: Path, count: int) -> list[Path]:
-    """``count`` small TID 1500 SR files, each with its own SOP Instance UID."""
+def write_reports(directory: Path, count: int, tag: str = "ingest") -> list[Path]:
+    """``count`` small TID 1500 SR files (one group, two measurements: 8 resources each), each
+    with its own SOP Instance UID, unique to ``tag``."""
+    directory.mkdir(parents=True, exist_ok=True)
     template = sr.measurement_report([sr.measurement_group(
         "1410", finding_site=sr.finding_site_item(sr.LUNG),
         items=[sr.scoord_item("POLYLINE", [1, 2, 3, 4, 5, 6], sr.source_image(sr.CT_IMAGE_STORAGE, sr.uid("ct:1")))],
         measurements=[sr.num_item(sr.LENGTH, 12.5, sr.MM), sr.num_item(sr.AREA, 99.0, sr.MM2)])])
     paths = []
     for index in range(count):
-        template.SOPInstanceUID = sr.uid(f"ingest:{index}")
+        template.SOPInstanceUID = sr.uid(f"{tag}:{index}")
         template.file_meta.MediaStorageSOPInstanceUID = template.SOPInstanceUID
-        path = directory / f"sr{index:05d}.dcm"
+        path = directory / f"{tag}{index:05d}.dcm"
         path.write_bytes(sr.to_part10_bytes(template))
         paths.append(path)
     return paths

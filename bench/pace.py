@@ -30,11 +30,11 @@ import pydicom
 import simplejson
 
 from bench.harness import QuietDaemon
+from bench import ingest_bench
 from bench.ingest_bench import push
 from fhir_client.client import _TRANSACTION_HEADERS
 from mapping import MappingOptions, map_sr
 from tests.support.daemon_process import write_config
-from tests.support import sr_builders as sr
 from tests.support.loopback_server import LoopbackFhirServer
 
 SHORT_RETRY = {"initial_backoff_s": 0.05, "max_backoff_s": 0.5, "jitter_s": 0.05}
@@ -45,21 +45,8 @@ _Server = TypeVar("_Server", bound=LoopbackFhirServer)
 
 
 def write_reports(directory: Path, count: int, tag: str) -> list[Path]:
-    """``count`` small TID 1500 SRs (one group, two measurements: 8 resources each, as
-    ``bench/ingest_bench.py`` sends), SOP Instance UIDs unique to ``tag``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    template = sr.measurement_report([sr.measurement_group(
-        "1410", finding_site=sr.finding_site_item(sr.LUNG),
-        items=[sr.scoord_item("POLYLINE", [1, 2, 3, 4, 5, 6], sr.source_image(sr.CT_IMAGE_STORAGE, sr.uid("ct:1")))],
-        measurements=[sr.num_item(sr.LENGTH, 12.5, sr.MM), sr.num_item(sr.AREA, 99.0, sr.MM2)])])
-    paths = []
-    for index in range(count):
-        template.SOPInstanceUID = sr.uid(f"pace:{tag}:{index}")
-        template.file_meta.MediaStorageSOPInstanceUID = template.SOPInstanceUID
-        path = directory / f"{tag}{index:05d}.dcm"
-        path.write_bytes(sr.to_part10_bytes(template))
-        paths.append(path)
-    return paths
+    """``count`` small TID 1500 SRs as ``bench/ingest_bench.py`` sends, UIDs unique to ``tag``."""
+    return ingest_bench.write_reports(directory, count, f"pace-{tag}")
 
 
 def transaction_bodies(files: list[Path], release: str = "r5") -> list[bytes]:

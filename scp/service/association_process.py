@@ -30,10 +30,11 @@ from mapping.references import patient_reference
 
 from ..config import ConfigError, load_settings
 from ..dicom.handoff import Channel, HandedConnections, plain
-from ..dicom.listener import ListenerPolicy, start_listener
+from ..dicom.listener import start_listener
 from ..dicom.tls import server_ssl_context
 from ..spool import open_spool
 from ..telemetry.logs import configure_forwarded_logging
+from .listener_options import listener_options
 from .worker import die_with_parent
 
 __all__ = ["ForwardAnswers", "main"]
@@ -101,14 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handed = HandedConnections(channel, (args.host, args.port), ended=stop)
     try:
         listener = start_listener(
-            host=args.host, port=args.port, ae_title=dicom.ae_title, writer=writer,
-            policy=ListenerPolicy(min_free_bytes=int(settings.spool.min_free_bytes)),
-            max_associations=dicom.max_associations, allowed_calling_ae_titles=dicom.allowed_calling_ae_titles,
-            require_called_ae_title=dicom.require_called_ae_title, acse_timeout_s=dicom.acse_timeout_s,
-            dimse_timeout_s=dicom.dimse_timeout_s, network_timeout_s=dicom.network_timeout_s,
-            maximum_pdu_size=dicom.max_pdu_size, tcp_nodelay=dicom.tcp_nodelay,
-            allowed_peers=dicom.allowed_peers, ssl_context=server_ssl_context(dicom.tls),
-            reject_associations_below_min_free=True,
+            host=args.host, port=args.port, writer=writer, ssl_context=server_ssl_context(dicom.tls),
+            **listener_options(settings),
             store_observers=[ForwardAnswers(channel, include_phi=settings.audit.include_phi)],
             handed=handed,
         )

@@ -31,7 +31,7 @@ from ..config import Settings
 from ..dicom.tls import server_ssl_context
 from ..telemetry.health import HealthServer, Readiness
 from ..dicom.acceptor import ForwardedStore, StoreAnswerObserver
-from ..dicom.listener import Listener, ListenerPolicy, StoreObserver, start_listener
+from ..dicom.listener import Listener, StoreObserver, start_listener
 from ..telemetry.metrics import (
     CachedSpoolStatus,
     DaemonMetrics,
@@ -42,6 +42,7 @@ from ..telemetry.metrics import (
     render,
 )
 from ..spool import Spool, open_spool
+from .listener_options import listener_options
 from .listener_pool import ListenerPool
 from .systemd import Notifier, ProgressCheck, Sampler, ServiceMonitor, without_notify_env
 from .worker import PARENT_PID_ENV, heartbeat_path
@@ -125,13 +126,8 @@ def serve(settings: Settings, config_path: Path | None) -> int:
             listener.start()
         else:
             listener = start_listener(
-                host=dicom.host, port=dicom.port, ae_title=dicom.ae_title, writer=writer,
-                policy=ListenerPolicy(min_free_bytes=int(settings.spool.min_free_bytes)),
-                max_associations=dicom.max_associations, allowed_calling_ae_titles=dicom.allowed_calling_ae_titles,
-                require_called_ae_title=dicom.require_called_ae_title, acse_timeout_s=dicom.acse_timeout_s,
-                dimse_timeout_s=dicom.dimse_timeout_s, network_timeout_s=dicom.network_timeout_s,
-                maximum_pdu_size=dicom.max_pdu_size, tcp_nodelay=dicom.tcp_nodelay,
-                allowed_peers=dicom.allowed_peers, ssl_context=ssl_context, reject_associations_below_min_free=True,
+                host=dicom.host, port=dicom.port, writer=writer, ssl_context=ssl_context,
+                **listener_options(settings),
                 store_observers=store_observers,
             )
     except OSError as exc:

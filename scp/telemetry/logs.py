@@ -137,18 +137,8 @@ def configure_logging(
         )
 
     handler = logging.StreamHandler(stream)
-    handler.set_name(_HANDLER_NAME)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=rendering))
-    root = logging.getLogger()
-    for previous in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
-        root.removeHandler(previous)
-        previous.close()
-    root.addHandler(handler)
-    root.setLevel(level)
-    library_level = logging.DEBUG if level <= logging.DEBUG else max(level, logging.WARNING)
-    for name in _LIBRARY_LOGGERS:
-        logging.getLogger(name).setLevel(library_level)
-    logging.captureWarnings(True)
+    _install_root_handler(handler, level)
 
     structlog.configure(
         processors=[
@@ -200,18 +190,7 @@ def configure_forwarded_logging(settings: LogSettings, send: Callable[[str, dict
         send(method_name, event_dict)
         raise structlog.DropEvent
 
-    root = logging.getLogger()
-    for previous in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
-        root.removeHandler(previous)
-        previous.close()
-    handler = _ForwardingHandler(send)
-    handler.set_name(_HANDLER_NAME)
-    root.addHandler(handler)
-    root.setLevel(level)
-    library_level = logging.DEBUG if level <= logging.DEBUG else max(level, logging.WARNING)
-    for name in _LIBRARY_LOGGERS:
-        logging.getLogger(name).setLevel(library_level)
-    logging.captureWarnings(True)
+    _install_root_handler(_ForwardingHandler(send), level)
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, structlog.processors.format_exc_info, forward],
         wrapper_class=structlog.make_filtering_bound_logger(level),
@@ -219,3 +198,19 @@ def configure_forwarded_logging(settings: LogSettings, send: Callable[[str, dict
         context_class=dict,
         cache_logger_on_first_use=False,
     )
+
+
+def _install_root_handler(handler: logging.Handler, level: int) -> None:
+    """Make ``handler`` the root logger's sr2fhir handler (replacing an earlier one), at ``level``;
+    the libraries' loggers no chattier than WARNING unless ``level`` is DEBUG."""
+    handler.set_name(_HANDLER_NAME)
+    root = logging.getLogger()
+    for previous in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(previous)
+        previous.close()
+    root.addHandler(handler)
+    root.setLevel(level)
+    library_level = logging.DEBUG if level <= logging.DEBUG else max(level, logging.WARNING)
+    for name in _LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(library_level)
+    logging.captureWarnings(True)
