@@ -27,7 +27,6 @@ target: met); ``--quick`` runs 60 files in 2 rounds (under a minute on the 2-cor
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import resource
@@ -38,7 +37,6 @@ import sys
 import tempfile
 import time
 from io import BytesIO
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -85,21 +83,6 @@ def cli_seconds(inputs: list[Path], jobs: int, out: Path) -> tuple[float, float]
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # every waited-for descendant
     return usage.ru_utime + usage.ru_stime
-
-
-def median_cpu_seconds(work: Callable[[], object], repeat: int) -> float:
-    """Like :func:`median_seconds`, in this process's CPU time: what the work costs, whatever
-    else runs on the machine (wall time also counts the waits for a core)."""
-    gc.disable()
-    try:
-        samples = []
-        for _ in range(repeat):
-            start = time.process_time()
-            work()
-            samples.append(time.process_time() - start)
-    finally:
-        gc.enable()
-    return statistics.median(samples)
 
 
 def serialisation_ms(bundle: dict) -> dict[str, float]:
@@ -152,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         for number in range(1, repeat + 1):
             decode_before = median_seconds(decode_all, 5)
             mapping = median_seconds(map_only, 5)
-            decode_cpu = median_cpu_seconds(decode_all, 5)
+            decode_cpu = median_seconds(decode_all, 5, time.process_time)
             one, one_cpu = cli_seconds(inputs[:1], 1, out)
             jobs1, cpu1 = cli_seconds(inputs, 1, out)
             jobs2, cpu2 = cli_seconds(inputs, 2, out)

@@ -24,9 +24,12 @@ from tests.support import sr_builders as sr
 from tests.support.daemon_process import DaemonProcess, write_config
 
 
-def two_processes(tmp_path, **dicom):
+def two_processes(tmp_path, *, health: bool = False, **dicom):
+    """A config with two listener processes on an ephemeral loopback port (and the health
+    endpoint on one too when ``health``)."""
     return write_config(tmp_path, dicom={"host": "127.0.0.1", "port": 0, "ae_title": "SR2FHIR",
-                                         "listener_processes": 2, **dicom})
+                                         "listener_processes": 2, **dicom},
+                        **({"health": {"host": "127.0.0.1", "port": 0}} if health else {}))
 
 
 def associate(port: int, calling: str):
@@ -79,9 +82,7 @@ def test_max_associations_is_exact_across_processes(tmp_path):
 
 
 def test_stores_on_two_processes_are_counted_once_each_in_one_metrics_view(tmp_path):
-    config = write_config(tmp_path, dicom={"host": "127.0.0.1", "port": 0, "ae_title": "SR2FHIR",
-                                           "listener_processes": 2},
-                          health={"host": "127.0.0.1", "port": 0})
+    config = two_processes(tmp_path, health=True)
     with DaemonProcess(config) as daemon:
         base = f"http://127.0.0.1:{daemon.wait_for('health_endpoint_started')['port']}"
         first, second = associate(daemon.port, "PACS"), associate(daemon.port, "PACS")
@@ -98,9 +99,7 @@ def test_stores_on_two_processes_are_counted_once_each_in_one_metrics_view(tmp_p
 
 @pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk's storescu is not installed (scripts/test.sh installs it)")
 def test_concurrent_dcmtk_and_pynetdicom_associations_are_each_stored_once_on_both_processes(tmp_path):
-    config = write_config(tmp_path, dicom={"host": "127.0.0.1", "port": 0, "ae_title": "SR2FHIR",
-                                           "listener_processes": 2},
-                          health={"host": "127.0.0.1", "port": 0})
+    config = two_processes(tmp_path, health=True)
     batches = {f"DCMTK{n}": [f"dcmtk{n}-{i}" for i in range(6)] for n in range(3)}
     files: dict[str, list[str]] = {}
     for calling, names in batches.items():
@@ -146,9 +145,7 @@ def test_concurrent_dcmtk_and_pynetdicom_associations_are_each_stored_once_on_bo
 
 
 def test_a_killed_association_process_is_restarted_and_no_acknowledged_instance_is_lost(tmp_path):
-    config = write_config(tmp_path, dicom={"host": "127.0.0.1", "port": 0, "ae_title": "SR2FHIR",
-                                           "listener_processes": 2},
-                          health={"host": "127.0.0.1", "port": 0})
+    config = two_processes(tmp_path, health=True)
     with DaemonProcess(config) as daemon:
         base = f"http://127.0.0.1:{daemon.wait_for('health_endpoint_started')['port']}"
         victim = daemon.wait_for("association_process_spawned", lambda e: e["index"] == 0)["pid"]

@@ -513,17 +513,6 @@ def budget(examples: int) -> settings:
 # --- Part 10 helpers ---------------------------------------------------------------------------------
 
 
-def _undefined_lengths(ds: Dataset) -> Dataset:
-    """Mark every sequence and item of undefined length, so bytes can be patched in place."""
-    for elem in ds:
-        if elem.VR == "SQ":
-            elem.is_undefined_length = True
-            for item in elem.value:
-                item.is_undefined_length_sequence_item = True
-                _undefined_lengths(item)
-    return ds
-
-
 def _read_back(ds: Dataset) -> Dataset:
     """``ds`` written as Part 10 and read again; the example is rejected if pydicom refuses either."""
     try:
@@ -539,7 +528,7 @@ def _decoded(data: bytes) -> Dataset:
     return ds
 
 
-BASE_PART10 = sr.to_part10_bytes(_undefined_lengths(copy.deepcopy(BASE)))
+BASE_PART10 = sr.to_part10_bytes(sr.with_undefined_lengths(copy.deepcopy(BASE)))
 # Preamble + "DICM" (132 bytes), then (0002,0000) UL File Meta Information Group Length.
 BODY_START = 132 + 12 + int.from_bytes(BASE_PART10[140:144], "little")
 # Offset of the 2-byte length of (0008,0016) SOP Class UID (explicit VR: tag, "UI", length).

@@ -296,13 +296,8 @@ class TestBadInputs:
         (ct, ct_1), = sr.ct_image_refs(1)
         group = sr.measurement_group(items=[sr.scoord_item("POINT", [1, 2], sr.source_image(ct, ct_1))],
                                      measurements=[sr.num_item(sr.LENGTH, 1, sr.MM)])
-        ds = sr.measurement_report([group])
-        for elem in ds.iterall():  # undefined lengths: the file stays consistent when bytes are cut
-            if elem.VR == "SQ":
-                elem.is_undefined_length = True
-                for item in elem.value:
-                    item.is_undefined_length_sequence_item = True
-        data = sr.to_part10_bytes(ds)
+        # undefined lengths: the file stays consistent when bytes are cut
+        data = sr.to_part10_bytes(sr.with_undefined_lengths(sr.measurement_report([group])))
         header = b"\x70\x00\x22\x00FL\x08\x00"  # (0070,0022) Graphic Data, FL, 8 bytes
         at = data.index(header)
         path = tmp_path / "short-fl.dcm"

@@ -53,15 +53,6 @@ def _readable(data: bytes) -> bool:
     return True
 
 
-def _undefined_lengths(ds: Dataset) -> Dataset:
-    for elem in ds.iterall():
-        if elem.VR == "SQ":
-            elem.is_undefined_length = True
-            for item in elem.value:
-                item.is_undefined_length_sequence_item = True
-    return ds
-
-
 def _scoord_report() -> Dataset:
     (ct, ct_1), = sr.ct_image_refs(1)
     group = sr.measurement_group(items=[sr.scoord_item("POLYLINE", [1, 2, 3, 4, 5, 6, 1, 2], sr.source_image(ct, ct_1))],
@@ -93,7 +84,7 @@ class TestSameVerdictAsAFullDecode:
     def test_float_value_of_a_wrong_byte_length_deep_in_the_tree(self, length: int) -> None:
         header = b"\x70\x00\x22\x00FL"  # (0070,0022) Graphic Data, 32 bytes
         # Defined-length sequences around it would no longer add up: make them undefined first.
-        data = sr.to_part10_bytes(_undefined_lengths(_scoord_report()))
+        data = sr.to_part10_bytes(sr.with_undefined_lengths(_scoord_report()))
         at = data.index(header)
         broken = data[:at + 6] + length.to_bytes(2, "little") + data[at + 8:at + 8 + length] + data[at + 8 + 32:]
         assert _walk_fails(broken)
@@ -101,7 +92,7 @@ class TestSameVerdictAsAFullDecode:
 
     def test_undecodable_value_in_an_element_the_mapping_never_reads(self) -> None:
         """The mapping would just convert this file; convert refuses it, as it did with walk."""
-        ds = _undefined_lengths(_scoord_report())
+        ds = sr.with_undefined_lengths(_scoord_report())
         ds.ContentSequence[0].ReferencedSegmentNumber = 1  # (0062,000B) US: no use to the mapping here
         good = b"\x62\x00\x0b\x00US\x02\x00\x01\x00"
         data = sr.to_part10_bytes(ds)
@@ -128,7 +119,7 @@ class TestTheDaemonsReader:
         assert isinstance(ds.get_item(CONTENT_SEQUENCE), RawDataElement)
 
     @pytest.mark.parametrize("build", [lambda: sr.large_report(3, 2), _scoord_report,
-                                       lambda: _undefined_lengths(_scoord_report())])
+                                       lambda: sr.with_undefined_lengths(_scoord_report())])
     def test_bundles_are_the_daemons(self, tmp_path: Path, build: Callable[[], Dataset]) -> None:
         data = sr.to_part10_bytes(build())
         path = tmp_path / "report.dcm"

@@ -24,16 +24,6 @@ def report() -> Dataset:
     return sr.measurement_report([group], sop_instance_uid=sr.uid("peek:1"))
 
 
-def undefined_lengths(ds: Dataset) -> Dataset:
-    """Every sequence and item of ``ds`` written with undefined length (delimiters)."""
-    for element in ds.iterall():
-        if element.VR == "SQ":
-            element.is_undefined_length = True
-            for item in element.value:
-                item.is_undefined_length_sequence_item = True
-    return ds
-
-
 def by_pydicom(data: bytes, implicit_vr: bool) -> SrPeek:
     ds = decode(BytesIO(data), implicit_vr, True)
     return SrPeek(str(ds.SOPClassUID), str(ds.SOPInstanceUID), 0x0040A730 in ds)
@@ -42,7 +32,7 @@ def by_pydicom(data: bytes, implicit_vr: bool) -> SrPeek:
 @pytest.mark.parametrize("syntax", SYNTAXES, ids=str)
 @pytest.mark.parametrize("lengths", ["defined", "undefined"])
 def test_reads_what_pydicom_reads(syntax, lengths):
-    ds = report() if lengths == "defined" else undefined_lengths(report())
+    ds = report() if lengths == "defined" else sr.with_undefined_lengths(report())
     data = encode(ds, syntax.is_implicit_VR, True)
     if lengths == "undefined":
         assert b"\xfe\xff\xdd\xe0" in data  # the sequence delimiters really are there
@@ -63,7 +53,7 @@ def test_no_content_sequence_and_padded_uids(syntax):
 @pytest.mark.parametrize("syntax", SYNTAXES, ids=str)
 @pytest.mark.parametrize("lengths", ["defined", "undefined"])
 def test_every_truncation_that_cuts_an_element_or_item_is_malformed(syntax, lengths):
-    ds = report() if lengths == "defined" else undefined_lengths(report())
+    ds = report() if lengths == "defined" else sr.with_undefined_lengths(report())
     data = encode(ds, syntax.is_implicit_VR, True)
     boundaries = set()  # where a top-level element ends: cutting there leaves a valid dataset
     offset = 0
@@ -105,6 +95,6 @@ def test_nesting_deeper_than_the_limit_is_refused_without_recursing_away():
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"
     ds.SOPInstanceUID = "1.2.3"
     ds.ContentSequence = Sequence([inner])
-    data = encode(undefined_lengths(ds), True, True)
+    data = encode(sr.with_undefined_lengths(ds), True, True)
     with pytest.raises(MalformedDataset, match="nested deeper than 64"):
         peek_sr(data, implicit_vr=True)

@@ -451,6 +451,17 @@ def to_part10_bytes(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
+def with_undefined_lengths(ds: Dataset) -> Dataset:
+    """``ds`` itself, every sequence and item marked to be written with undefined length
+    (delimiters), as many modalities send them; bytes can then be patched in place."""
+    for element in ds.iterall():
+        if element.VR == "SQ":
+            element.is_undefined_length = True
+            for item in element.value:
+                item.is_undefined_length_sequence_item = True
+    return ds
+
+
 def ct_image_refs(n: int, *, series: str = "ct") -> list[tuple[str, str]]:
     """``n`` stable (CT Image Storage, SOP Instance UID) pairs, named after ``series``."""
     return [(CT_IMAGE_STORAGE, uid(f"{series}:image:{i}")) for i in range(1, n + 1)]
