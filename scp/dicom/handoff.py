@@ -17,7 +17,6 @@ association process -> daemon
 
 from __future__ import annotations
 
-import array
 import marshal
 import socket
 import threading
@@ -48,24 +47,12 @@ class Channel:
         data = marshal.dumps(message)
         if len(data) > MAX_MESSAGE_BYTES:
             data = marshal.dumps(message[:2] + (repr(message[2:])[:MAX_MESSAGE_BYTES // 2],))
-        if fd is None:
-            self.socket.sendmsg([data])
-        else:
-            self.socket.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+        socket.send_fds(self.socket, [data], [] if fd is None else [fd])
 
     def receive(self) -> tuple[tuple[Any, ...] | None, socket.socket | None]:
         """(message, passed socket or None); (None, None) when the other end closed."""
-        fds = array.array("i")
-        data, ancillary, _flags, _address = self.socket.recvmsg(MAX_MESSAGE_BYTES, socket.CMSG_SPACE(fds.itemsize))
-        passed: socket.socket | None = None
-        for level, kind, payload in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
-        for fd in fds:
-            if passed is None:
-                passed = socket.socket(fileno=fd)
-            else:  # never sent; do not leak it
-                socket.close(fd)
+        data, fds, _flags, _address = socket.recv_fds(self.socket, MAX_MESSAGE_BYTES, 1)
+        passed = socket.socket(fileno=fds[0]) if fds else None
         if not data:
             if passed is not None:
                 passed.close()
