@@ -205,6 +205,12 @@ def read_concept(item: Dataset | RawItem | None) -> Concept | None:
     """A :class:`Concept` from a code sequence item, or None when it has no code."""
     if item is None:
         return None
+    if type(item) is RawItem:
+        return item.derived(_read_concept)  # a code repeated through the report is read once
+    return _read_concept(item)
+
+
+def _read_concept(item: Dataset | RawItem) -> Concept | None:
     # Not ``a or b``: a (wrong-VR) numeric zero is falsy, and would be skipped only on one path.
     value = next((v for v in (_get(item, tag) for tag in (_CODE_VALUE, _LONG_CODE_VALUE, _URN_CODE_VALUE))
                   if v is not None and v != ""), None)

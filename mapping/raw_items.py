@@ -13,8 +13,9 @@ and the caller falls back to pydicom.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from pydicom.charset import decode_bytes
 from pydicom.datadict import dictionary_VR
@@ -33,6 +34,8 @@ _U32 = struct.Struct("<I")
 _TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC"})
 _SPLIT_TEXT_VRS = frozenset({"SH", "LO", "UC"})
 _ASCII_VRS = frozenset({"CS", "UI", "DA", "TM", "DT", "AS", "AE", "DS", "IS", "UR"})
+_SHARED_ITEM_MAX = 512  # bytes: items up to this size are shared when identical (codes, not containers)
+_T = TypeVar("_T")
 _NUMBER_FORMATS = {"FL": "f", "FD": "d", "US": "H", "UL": "I", "SS": "h", "SL": "i", "UV": "Q", "SV": "q"}
 
 
@@ -41,13 +44,29 @@ class RawParseError(ValueError):
 
 
 class RawItem:
-    """One sequence item: tag -> (VR, raw bytes or nested items), decoded on access."""
+    """One sequence item: tag -> (VR, raw bytes or nested items), decoded on access.
 
-    __slots__ = ("_elements", "_encodings")
+    Immutable. Within one :func:`parse_sequence`, items of identical bytes (the coded concepts
+    that repeat all through a report) are one shared object, so what is derived from one
+    (:meth:`derived`) is computed once.
+    """
+
+    __slots__ = ("_elements", "_encodings", "_derived")
 
     def __init__(self, elements: dict[int, tuple[str, Any]], encodings: tuple[str, ...]) -> None:
         self._elements = elements
         self._encodings = encodings
+        self._derived: dict[Callable[[RawItem], Any], Any] | None = None
+
+    def derived(self, function: Callable[[RawItem], _T]) -> _T:
+        """``function(self)``, computed on the first call and remembered (the item never
+        changes); ``function`` must not depend on anything else, nor its result be mutated."""
+        if self._derived is None:
+            self._derived = {}
+        elif function in self._derived:
+            return self._derived[function]
+        result = self._derived[function] = function(self)
+        return result
 
     def __contains__(self, tag: int) -> bool:
         return tag in self._elements
@@ -65,11 +84,12 @@ class RawItem:
 
 def parse_sequence(data: bytes, *, implicit_vr: bool, encodings: tuple[str, ...]) -> list[RawItem]:
     """Split the value bytes of a sequence element into items."""
-    items, _ = _parse_items(memoryview(data), 0, len(data), implicit_vr, encodings)
+    items, _ = _parse_items(memoryview(data), 0, len(data), implicit_vr, encodings, {})
     return items
 
 
-def _parse_items(buf: memoryview, pos: int, end: int, implicit_vr: bool, encodings: tuple[str, ...]) -> tuple[list[RawItem], int]:
+def _parse_items(buf: memoryview, pos: int, end: int, implicit_vr: bool, encodings: tuple[str, ...],
+                 shared: dict[bytes, RawItem]) -> tuple[list[RawItem], int]:
     items = []
     while pos < end:
         if pos + 8 > end:
@@ -82,18 +102,25 @@ def _parse_items(buf: memoryview, pos: int, end: int, implicit_vr: bool, encodin
         if tag != _ITEM:
             raise RawParseError(f"expected an item tag, found ({group:04X},{element:04X})")
         if length == _UNDEFINED:
-            elements, pos = _parse_elements(buf, pos, end, implicit_vr, encodings, until_delimiter=True)
-        else:
-            if pos + length > end:
-                raise RawParseError("item runs past the end of its sequence")
-            elements, _ = _parse_elements(buf, pos, pos + length, implicit_vr, encodings, until_delimiter=False)
-            pos += length
-        items.append(RawItem(elements, encodings))
+            elements, pos = _parse_elements(buf, pos, end, implicit_vr, encodings, shared, until_delimiter=True)
+            items.append(RawItem(elements, encodings))
+            continue
+        if pos + length > end:
+            raise RawParseError("item runs past the end of its sequence")
+        key = bytes(buf[pos:pos + length]) if length <= _SHARED_ITEM_MAX else None
+        item = shared.get(key) if key is not None else None
+        if item is None:
+            elements, _ = _parse_elements(buf, pos, pos + length, implicit_vr, encodings, shared, until_delimiter=False)
+            item = RawItem(elements, encodings)
+            if key is not None:
+                shared[key] = item
+        items.append(item)
+        pos += length
     return items, pos
 
 
 def _parse_elements(buf: memoryview, pos: int, end: int, implicit_vr: bool, encodings: tuple[str, ...],
-                    *, until_delimiter: bool) -> tuple[dict[int, tuple[str, Any]], int]:
+                    shared: dict[bytes, RawItem], *, until_delimiter: bool) -> tuple[dict[int, tuple[str, Any]], int]:
     elements: dict[int, tuple[str, Any]] = {}
     while pos < end:
         if pos + 8 > end:
@@ -124,11 +151,12 @@ def _parse_elements(buf: memoryview, pos: int, end: int, implicit_vr: bool, enco
         if vr == "SQ" or (length == _UNDEFINED and vr == "UN"):
             if length == _UNDEFINED:
                 # An undefined-length UN is a sequence encoded in implicit VR (PS3.5 6.2.2).
-                value, pos = _parse_items(buf, pos, end, implicit_vr or vr == "UN", encodings)
+                value, pos = _parse_items(buf, pos, end, implicit_vr or vr == "UN", encodings,
+                                          shared if implicit_vr or vr != "UN" else {})  # same VR encoding: share
             else:
                 if pos + length > end:
                     raise RawParseError("sequence runs past the end of its item")
-                value, _ = _parse_items(buf, pos, pos + length, implicit_vr, encodings)
+                value, _ = _parse_items(buf, pos, pos + length, implicit_vr, encodings, shared)
                 pos += length
             elements[tag] = ("SQ", value)
             continue

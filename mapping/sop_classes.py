@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from pydicom.uid import UID
 
 from .profiles import SOP_CLASS_SYSTEM
@@ -32,7 +34,14 @@ TID1500_SOP_CLASSES: frozenset[str] = frozenset({ENHANCED_SR, COMPREHENSIVE_SR, 
 def sop_class_coding(sop_class_uid: str) -> dict:
     """The ``instance.sopClass`` Coding the IG uses (PS3.4 B.5 system, name as display)."""
     coding = {"system": SOP_CLASS_SYSTEM, "code": sop_class_uid}
-    name = UID(sop_class_uid).name
+    name = _uid_name(sop_class_uid)
     if name != sop_class_uid:
         coding["display"] = name
     return coding
+
+
+@lru_cache(maxsize=256)
+def _uid_name(uid: str) -> str:
+    # pydicom validates the UID and searches its dictionary on each call: a report names the
+    # same few SOP classes thousands of times.
+    return UID(uid).name

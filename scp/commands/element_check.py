@@ -16,6 +16,7 @@ undefined-length UN) falls back to ``Dataset.walk``, and pydicom gives its own v
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import MutableSequence
 
@@ -39,6 +40,9 @@ _KNOWN_VRS = {v.value.encode("ascii"): v.value for v in VR}  # VR bytes -> VR
 _TAG_LENGTH = struct.Struct("<HHI")
 _TAG_VR_SHORT = struct.Struct("<HH2sH")
 _U32 = struct.Struct("<I")
+# A UID that pydicom's UI regex accepts (no leading zeros), padded with at most one NUL: every
+# Observation and referenced instance UID is unique, so no two are alike to skip as repeats.
+_PLAIN_UID = re.compile(rb"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*\x00?")
 
 
 class _Unhandled(Exception):
@@ -200,6 +204,8 @@ class _SequenceChecker:
                 if charset:
                     encodings = convert_encodings(charset)
                     seen = self.seen.setdefault(tuple(encodings), set())
+            elif vr == "UI" and length <= 64 and _PLAIN_UID.fullmatch(buf, pos, pos + length):
+                pass  # one well-formed UID: decodes, and pydicom's validation has nothing to say
             else:
                 # The element's whole encoding (tag, VR, length, value) is the key: one slice.
                 key = buf[start:pos + length]

@@ -62,6 +62,31 @@ def test_raw_reader_gives_the_same_tree_as_pydicom(implicit, undefined_lengths, 
         map_sr(pydicom.dcmread(BytesIO(data), force=True)).bundle)
 
 
+def test_identical_items_are_read_once_and_stay_apart_from_their_neighbours():
+    # Two measurement groups name the same concepts (one code item, bytes alike): the raw
+    # reader hands out one item for both, and what is derived from it is derived once.
+    report = sr.measurement_report([sr.measurement_group(tracking_identifier="Lesion 1"),
+                                    sr.measurement_group(tracking_identifier="Lesion 2")])
+    raw = pydicom.dcmread(BytesIO(encode(report))).get_item(0x0040A730).value
+    items = parse_sequence(raw, implicit_vr=False, encodings=("iso8859",))
+    groups = items[-1].value(0x0040A730)
+    first, second = groups[0].value(0x0040A043)[0], groups[1].value(0x0040A043)[0]
+    assert first is second
+    reads = []
+
+    def code_value(item):
+        reads.append(item)
+        return item.value(0x00080100)
+
+    assert first.derived(code_value) == second.derived(code_value) == "125007"
+    assert reads == [first]
+    # The groups differ (their tracking identifiers): two items, and their texts stay their own.
+    assert groups[0] is not groups[1]
+    texts = [[child.value(0x0040A160) for child in group.value(0x0040A730)] for group in groups]
+    assert "Lesion 1" in texts[0] and "Lesion 2" in texts[1]
+    assert "Lesion 2" not in texts[0]
+
+
 def test_raw_reader_agrees_on_the_real_samples():
     for path in sorted(require_shared(SAMPLES).glob("*.dcm")):
         (fast, fast_skipped), (slow, slow_skipped) = both_ways(path.read_bytes())
