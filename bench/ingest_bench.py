@@ -214,12 +214,20 @@ class Run:
     cpu_s: float
     client_cpu_s: float
     processes: int = 1
+    even: bool = True
+    """The associations were spread evenly over the processes (always, with one)."""
+    spread: str = ""
+    """The lowest and highest throughput of the pushes this run is the median of."""
     stored: str = ""
     """Instances stored per process, e.g. ``"100/100"``; for (e) with the attempts
     (:meth:`BareReceiver.push_evenly`)."""
 
     def rate(self, count: int) -> float:
         return count / self.seconds
+
+    def describe(self, count: int) -> str:
+        """Throughput, with the pushes' spread when there were several."""
+        return f"{self.rate(count):.1f} SR/s" + (f" ({self.spread})" if self.spread else "")
 
     def cpu_ms(self, count: int) -> str:
         return f"{1000 * self.cpu_s / count:.2f} ms/SR (storescu {1000 * self.client_cpu_s / count:.2f})"
@@ -325,7 +333,8 @@ class BareReceiver:
         for attempt in range(1, SPREAD_ATTEMPTS + 1):
             run = self.push(associations)
             counts = [int(value) for value in run.stored.split("/")]
-            if max(counts) - min(counts) <= share:
+            run.even = max(counts) - min(counts) <= share
+            if run.even:
                 break
             uneven.append(run.stored)
         earlier = ", ".join(uneven[:attempt - 1])
@@ -341,14 +350,17 @@ class BareReceiver:
             proc.wait(timeout=30)
 
 
-SPREAD_ATTEMPTS = 5
+SPREAD_ATTEMPTS = 8
 """Receiver (e) pushes again until its associations were spread evenly over its processes
 (``SO_REUSEPORT`` picks a socket by a hash of the client's address and port, which are
-random: 4 associations on 2 processes split 2/2 in 3 pushes of 8), at most this often."""
+random: 4 associations on 2 processes split 2/2 in 3 pushes of 8, so 8 attempts all miss 2 %
+of the time), at most this often."""
 
 
 def median_run(runs: list[Run]) -> Run:
-    """The run of median wall time (the upper one of an even count)."""
+    """The run of median wall time (the upper one of an even count) among those whose
+    associations were spread evenly, or among all when none was."""
+    runs = [run for run in runs if run.even] or runs
     return sorted(runs, key=lambda run: run.seconds)[len(runs) // 2]
 
 
@@ -367,7 +379,13 @@ def measure_bare(files: list[Path], associations: int, rounds: int, mode: str, w
             samples["d"].append(d.push(associations))
             if e is not None:
                 samples["e"].append(e.push_evenly(associations))
-    return {key: median_run(runs) for key, runs in samples.items() if runs}
+    medians = {}
+    for key, runs in samples.items():
+        if runs:
+            medians[key] = median_run(runs)
+            rates = sorted(len(files) / run.seconds for run in runs)
+            medians[key].spread = f"pushes {rates[0]:.0f}-{rates[-1]:.0f} SR/s"
+    return medians
 
 
 def measure_storescp(files: list[Path], associations: int, out: Path) -> Run:
@@ -443,7 +461,7 @@ def _ratio(associations: int, processes: str | int, runs: dict[str, Run], ours: 
     targeted = (associations == 1 and processes == 1) or (associations == 4 and processes == "auto")
     bare, dcmtk = runs["a"], runs["b"]
     figures = {"sr2fhir": f"{ours.rate(count):.1f} SR/s acknowledged (durable)",
-               "bare pynetdicom": f"{bare.rate(count):.1f} SR/s", "dcmtk storescp": f"{dcmtk.rate(count):.1f} SR/s",
+               "bare pynetdicom": bare.describe(count), "dcmtk storescp": f"{dcmtk.rate(count):.1f} SR/s",
                "end to end": f"all {count} in the outbox after {ours.drained:.1f} s", "count": str(count)}
     figures.update(_floor_figures(runs, count))
     figures["sr2fhir CPU"] = (f"listener {ours.cpu_ms(count)}, worker {1000 * ours.worker_cpu_s / count:.2f} ms/SR "
@@ -458,10 +476,10 @@ def _ratio(associations: int, processes: str | int, runs: dict[str, Run], ours: 
 
 
 def _floor_figures(runs: dict[str, Run], count: int) -> dict[str, str]:
-    figures = {"bare + durable (d), 1 process": f"{runs['d'].rate(count):.1f} SR/s"}
+    figures = {"bare + durable (d), 1 process": runs["d"].describe(count)}
     if "e" in runs:
         figures[f"bare + durable (e), {runs['e'].processes} processes"] = (
-            f"{runs['e'].rate(count):.1f} SR/s, stored {runs['e'].stored} per process")
+            f"{runs['e'].describe(count)}, stored {runs['e'].stored} per process")
     figures.update({f"CPU {label}": runs[key].cpu_ms(count) for key, label in
                     (("a", "bare no-op"), ("d", "bare + durable"), ("e", "bare + durable, N processes"))
                     if key in runs})
@@ -478,7 +496,7 @@ def _floor_ratio(associations: int, runs: dict[str, Run], key: str, count: int, 
         "value": round(runs["a"].seconds / runs[key].seconds, 3),
         "target": None,
         "baseline": _baseline(associations),
-        "figures": {"bare pynetdicom": f"{runs['a'].rate(count):.1f} SR/s", **_floor_figures(runs, count),
+        "figures": {"bare pynetdicom": runs["a"].describe(count), **_floor_figures(runs, count),
                     "count": str(count)},
     }
 
@@ -494,7 +512,7 @@ def _against_floor(associations: int, processes: str | int, runs: dict[str, Run]
         "baseline": f"bare pynetdicom SCP + fdatasync ({durable_write}), {what}, {associations} storescu "
                     "association(s), same run",
         "figures": {"sr2fhir": f"{ours.rate(count):.1f} SR/s acknowledged (durable)",
-                    "bare + durable": f"{runs[key].rate(count):.1f} SR/s", "count": str(count)},
+                    "bare + durable": runs[key].describe(count), "count": str(count)},
     }
 
 
@@ -527,16 +545,18 @@ def main(argv: list[str] | None = None) -> int:
             runs["b"] = measure_storescp(files, associations, tmp_path / f"storescp{associations}")
             bare = runs["a"].seconds
             print(f"\n{associations} association(s):")
-            print(f"  (a) bare pynetdicom SCP   {runs['a'].rate(count):8.1f} SR/s   CPU {runs['a'].cpu_ms(count)}")
+            print(f"  (a) bare pynetdicom SCP   {runs['a'].rate(count):8.1f} SR/s   CPU {runs['a'].cpu_ms(count)}   "
+                  f"{runs['a'].spread}")
             print(f"  (b) dcmtk storescp        {runs['b'].rate(count):8.1f} SR/s   CPU {runs['b'].cpu_ms(count)}")
             print(f"  (d) bare + durable        {runs['d'].rate(count):8.1f} SR/s   CPU {runs['d'].cpu_ms(count)}   "
-                  f"d/a = {bare / runs['d'].seconds:.2f} (durability floor: bare SCP + fdatasync, vs bare no-op)")
+                  f"d/a = {bare / runs['d'].seconds:.2f} (durability floor: bare SCP + fdatasync, vs bare no-op; "
+                  f"{runs['d'].spread})")
             floor_key = "d"
             if "e" in runs:
                 floor_key = "e"
                 print(f"  (e) bare + durable x{auto}     {runs['e'].rate(count):8.1f} SR/s   "
                       f"CPU {runs['e'].cpu_ms(count)}   e/a = {bare / runs['e'].seconds:.2f} (durability floor, "
-                      f"{auto} processes on one port; stored {runs['e'].stored} per process)")
+                      f"{auto} processes on one port; {runs['e'].spread}; stored {runs['e'].stored} per process)")
             ratios.append(_floor_ratio(associations, runs, floor_key, count, args.durable_write))
             for processes in args.listener_processes:
                 ours = measure_sr2fhir(files, associations, tmp_path / f"sr2fhir{associations}-{processes}", processes)
