@@ -577,14 +577,15 @@ def main(argv: list[str] | None = None) -> int:
                       "until drained")
                 if ratio["target"] is not None:
                     ratios.append(_against_floor(associations, processes, runs, key, ours, count, args.durable_write))
-                    floor = bare / runs[floor_key].seconds
+                    best = min(("d", "e"), key=lambda k: runs[k].seconds if k in runs else float("inf"))
+                    floor = bare / runs[best].seconds  # the faster of (d) and (e): the best a durable receiver did
                     if args.durable_write != "log":
                         verdict = "(d)/(e) wrote a file per instance: not the floor"
                     elif floor < ratio["target"]:
                         verdict = "below: no pynetdicom receiver that answers after an fdatasync reaches it in this run"
                     else:
                         verdict = "above: the gap is what sr2fhir does besides the commit"
-                    print(f"      target {ratio['target']} vs {floor_key}/a {floor:.2f}: {verdict}")
+                    print(f"      target {ratio['target']} vs {best}/a {floor:.2f}: {verdict}")
     if args.json is not None:
         args.json.write_text(json.dumps({"bench": Path(__file__).stem, "ratios": ratios}, indent=2) + "\n",
                              encoding="utf-8")
