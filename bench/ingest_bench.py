@@ -554,14 +554,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"{runs['a'].spread}")
             print(f"  (b) dcmtk storescp        {runs['b'].rate(count):8.1f} SR/s   CPU {runs['b'].cpu_ms(count)}")
             print(f"  (d) bare + durable        {runs['d'].rate(count):8.1f} SR/s   CPU {runs['d'].cpu_ms(count)}   "
-                  f"d/a = {bare / runs['d'].seconds:.2f} ({FLOOR_LABELS[args.durable_write]}, vs bare no-op; "
-                  f"{runs['d'].spread})")
+                  f"d/a = {bare / runs['d'].seconds:.2f} ({FLOOR_LABELS[args.durable_write]}, vs bare no-op"
+                  f"{'; ' + runs['d'].spread if runs['d'].spread else ''})")
             floor_key = "d"
             if "e" in runs:
                 floor_key = "e"
                 print(f"  (e) bare + durable x{auto}     {runs['e'].rate(count):8.1f} SR/s   "
                       f"CPU {runs['e'].cpu_ms(count)}   e/a = {bare / runs['e'].seconds:.2f} (the same, "
-                      f"{auto} processes on one port; {runs['e'].spread}; stored {runs['e'].stored} per process)")
+                      f"{auto} processes on one port; {runs['e'].spread + '; ' if runs['e'].spread else ''}"
+                      f"stored {runs['e'].stored} per process)")
             ratios.append(_floor_ratio(associations, runs, floor_key, count, args.durable_write))
             for processes in args.listener_processes:
                 ours = measure_sr2fhir(files, associations, tmp_path / f"sr2fhir{associations}-{processes}", processes)
