@@ -96,6 +96,7 @@ class FhirClient:
             raise ValueError("FhirSettings.base_url is not set; there is no server to talk to")
         self.settings = settings
         self._base_url = str(settings.base_url).rstrip("/")
+        self._transaction_url = httpx.URL(self._base_url)  # parsed once, not on every POST
         self._encode = encode
         self._policy = RetryPolicy(settings.retry, sleep=sleep, clock=clock, shutdown=shutdown)
         self._references: OrderedDict[tuple[str, str | None, str], str] = OrderedDict()
@@ -169,7 +170,7 @@ class FhirClient:
         content = self._encode(bundle)
 
         async def post_once() -> httpx.Response:
-            return await self._http.post(self._base_url, content=content, headers=_TRANSACTION_HEADERS)
+            return await self._http.post(self._transaction_url, content=content, headers=_TRANSACTION_HEADERS)
 
         run = await self._policy.run(post_once, operation="transaction")
         response = run.last.response
