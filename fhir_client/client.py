@@ -17,6 +17,7 @@ import enum
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self, TypeGuard
 
@@ -37,7 +38,7 @@ from .retry import Clock, RetryPolicy, RetryRun, Sleep
 from .settings import FhirSettings
 from .tls import build_ssl_context
 
-__all__ = ["FhirClient"]
+__all__ = ["BodyEncoder", "FhirClient", "encode_json"]
 
 FHIR_JSON = "application/fhir+json"
 MAX_CACHED_REFERENCES = 10_000
@@ -49,6 +50,18 @@ _TRANSACTION_HEADERS = {
     # Entries need only status and location; this keeps responses small.
     "Prefer": "return=minimal",
 }
+
+BodyEncoder = Callable[[dict[str, Any]], bytes]
+"""Turns a Bundle into the request body (UTF-8 JSON); raises ``ValueError``/``TypeError`` for
+what JSON cannot hold."""
+
+
+def encode_json(bundle: dict[str, Any]) -> bytes:
+    """The default :data:`BodyEncoder`: compact UTF-8 JSON; a :class:`~decimal.Decimal` is
+    written as a number with its own digits (FHIR decimals keep their precision)."""
+    return simplejson.dumps(
+        bundle, separators=(",", ":"), ensure_ascii=False, allow_nan=False, use_decimal=True,
+    ).encode()
 
 
 class _State(enum.Enum):
@@ -62,7 +75,9 @@ class FhirClient:
 
     ``transport`` replaces the network (``httpx.MockTransport`` in tests); ``sleep``
     and ``clock`` drive the retry waits and the elapsed-time budget; setting
-    ``shutdown`` stops retrying and cuts a running wait short. Use it as an async
+    ``shutdown`` stops retrying and cuts a running wait short. ``encode`` writes the
+    request body of :meth:`send` (default :func:`encode_json`; the daemon passes
+    ``mapping.serialize``, the same bytes written by orjson, several times faster). Use it as an async
     context manager, or call :meth:`aclose`. A closed client raises
     :class:`ClientClosedError`.
     """
@@ -75,11 +90,14 @@ class FhirClient:
         sleep: Sleep = asyncio.sleep,
         shutdown: asyncio.Event | None = None,
         clock: Clock = time.monotonic,
+        encode: BodyEncoder = encode_json,
     ) -> None:
         if settings.base_url is None:
             raise ValueError("FhirSettings.base_url is not set; there is no server to talk to")
         self.settings = settings
         self._base_url = str(settings.base_url).rstrip("/")
+        self._transaction_url = httpx.URL(self._base_url)  # parsed once, not on every POST
+        self._encode = encode
         self._policy = RetryPolicy(settings.retry, sleep=sleep, clock=clock, shutdown=shutdown)
         self._references: OrderedDict[tuple[str, str | None, str], str] = OrderedDict()
         self._state = _State.UNOPENED
@@ -149,13 +167,10 @@ class FhirClient:
             raise ValueError("send() takes a FHIR Bundle resource as a dict")
         if bundle.get("type") != "transaction":
             raise ValueError(f"send() takes a transaction Bundle, not type {bundle.get('type')!r}")
-        # simplejson writes a Decimal as a number with its own digits: FHIR decimals keep their precision.
-        content = simplejson.dumps(
-            bundle, separators=(",", ":"), ensure_ascii=False, allow_nan=False, use_decimal=True,
-        ).encode()
+        content = self._encode(bundle)
 
         async def post_once() -> httpx.Response:
-            return await self._http.post(self._base_url, content=content, headers=_TRANSACTION_HEADERS)
+            return await self._http.post(self._transaction_url, content=content, headers=_TRANSACTION_HEADERS)
 
         run = await self._policy.run(post_once, operation="transaction")
         response = run.last.response

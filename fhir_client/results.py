@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 import httpx
+import orjson
 
 from .errors import TokenRequestError
 from .hints import hint_for
@@ -301,6 +302,13 @@ def _with_hint(diagnostics: str) -> str:
 
 
 def _json_body(response: httpx.Response) -> Any:
+    """The body as JSON, or None. orjson parses a UTF-8 body several times faster than the
+    standard library; what it refuses (another encoding, a BOM, NaN, integers beyond 64 bits)
+    is parsed as ``response.json()`` does, so the answer is the same."""
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return response.json()
     except ValueError:  # not JSON, or not UTF-8

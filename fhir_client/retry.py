@@ -241,6 +241,14 @@ class RetryPolicy:
                 last = AttemptResult(error=exc)
             return last
 
+        first = await one_attempt()
+        if not first.retryable:  # the common case: answered at once; no retry machinery is built
+            return RetryRun(last=first, attempts=attempts, elapsed_s=self._clock() - started_at, stop_reason=None)
+        replay: list[AttemptResult] = [first]
+
+        async def next_attempt() -> AttemptResult:
+            return replay.pop() if replay else await one_attempt()  # tenacity's attempt 1 is ``first``
+
         stop: stop_base = _stop_before_budget_spent(self.settings.max_elapsed_s, self._clock, started_at)
         if self.settings.max_attempts:
             stop = stop | stop_after_attempt(self.settings.max_attempts)
@@ -267,7 +275,7 @@ class RetryPolicy:
             before_sleep=log_retry,
             retry_error_callback=lambda retry_state: retry_state.outcome.result(),  # type: ignore[union-attr]
         )
-        final: AttemptResult = await retrying(one_attempt)
+        final: AttemptResult = await retrying(next_attempt)
         stop_reason = self._stop_reason(attempts) if final.retryable else None
         return RetryRun(last=final, attempts=attempts, elapsed_s=self._clock() - started_at, stop_reason=stop_reason)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import structlog
 
 from fhir_client import FhirClient
+from mapping import serialize
 
 from ..telemetry.audit import AuditLog, AuditShipper, AuditSource, AuditTrail
 from ..config import ConfigError, Settings, load_settings
@@ -137,10 +138,14 @@ async def forward(settings: Settings) -> int:
             stats = await forward_to(OutboxDelivery(settings.fhir.outbox_directory, settings.fhir.version))
         else:
             fhir = settings.fhir
-            log.info("worker_started", target="fhir", base_url=str(fhir.base_url), server=fhir.server,
-                     fhir_version=fhir.version, write_mode=fhir.write_mode,
-                     max_entries_per_request=fhir.max_entries_per_request)
-            async with FhirClient(settings.fhir, shutdown=stop, sleep=metrics.wrap_sleep(asyncio.sleep)) as client:
+            # mapping.serialize: the client's default bytes, written several times faster.
+            async with FhirClient(settings.fhir, shutdown=stop, sleep=metrics.wrap_sleep(asyncio.sleep),
+                                  encode=serialize) as client:
+                # Logged once the client exists: building it (TLS trust store, httpcore's
+                # import) takes a few hundred ms of CPU, and "started" means ready to deliver.
+                log.info("worker_started", target="fhir", base_url=str(fhir.base_url), server=fhir.server,
+                         fhir_version=fhir.version, write_mode=fhir.write_mode,
+                         max_entries_per_request=fhir.max_entries_per_request)
                 delivery = FhirDelivery(client, settings.fhir.reference_mode,
                                         settings.fhir.max_entries_per_request, settings.fhir.version)
                 retry = settings.fhir.retry

@@ -47,8 +47,10 @@ def make_client(
     time: FakeTime | None = None,
     shutdown: asyncio.Event | None = None,
     sleep: Callable[[float], Any] | None = None,
+    **options: Any,
 ) -> tuple[FhirClient, FakeTime]:
-    """A FhirClient on a MockTransport, driven by a FakeTime (or by ``sleep``)."""
+    """A FhirClient on a MockTransport, driven by a FakeTime (or by ``sleep``); ``options``:
+    more keyword arguments of :class:`FhirClient` (``encode``)."""
     time = time if time is not None else FakeTime()
     client = FhirClient(
         settings if settings is not None else fhir_settings(),
@@ -56,6 +58,7 @@ def make_client(
         sleep=sleep if sleep is not None else time.sleep,
         clock=time.clock,
         shutdown=shutdown,
+        **options,
     )
     return client, time
 

@@ -76,6 +76,11 @@ METADATA = "GET /fhir/metadata"
 # (id, answer to the transaction, does [base]/metadata answer FHIR, outcome, problem, requests seen)
 TABLE = [
     ("200 transaction-response", fhir_json(200, transaction_response()), True, Outcome.DELIVERED, None, [POST]),
+    # orjson (the fast path) refuses these bodies; they are read as the standard library reads them
+    ("200 transaction-response in UTF-16", httpx.Response(200, headers={"Content-Type": "application/fhir+json"},
+     content=json.dumps(transaction_response()).encode("utf-16")), True, Outcome.DELIVERED, None, [POST]),
+    ("200 transaction-response after a UTF-8 BOM", httpx.Response(200, headers={"Content-Type": "application/fhir+json"},
+     content=b"\xef\xbb\xbf" + json.dumps(transaction_response()).encode()), True, Outcome.DELIVERED, None, [POST]),
     ("200 with a failed entry", fhir_json(200, transaction_response("201 Created", "422 Unprocessable Entity")),
      True, Outcome.REJECTED, None, [POST]),
     ("200 HTML login page", HTML, True, Outcome.ENDPOINT, EndpointProblem.NOT_FHIR, [POST]),

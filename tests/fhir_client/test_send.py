@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from decimal import Decimal
 
 import httpx
 from structlog.testing import capture_logs
 
 from fhir_client import Outcome, RetrySettings, SendResult
+from fhir_client.client import encode_json
+from mapping import serialize
 
 from .fakes import (
     BASE_URL,
@@ -60,6 +63,23 @@ class TestDelivered:
         expected = json.dumps(transaction_bundle(), separators=(",", ":"), ensure_ascii=False).encode()
         assert seen[0].content == expected
         assert "Größe".encode() in seen[0].content
+
+    def test_body_is_what_the_encoder_writes_on_every_attempt(self):
+        handler, seen = scripted(fhir_json(503), delivered())
+        result, _ = send(handler, encode=lambda bundle: b'{"resourceType":"Bundle","type":"transaction"}')
+        assert result.outcome is Outcome.DELIVERED
+        assert [request.content for request in seen] == [b'{"resourceType":"Bundle","type":"transaction"}'] * 2
+
+    def test_the_daemons_encoder_writes_the_default_bytes(self):
+        """The worker passes ``mapping.serialize`` (orjson): the bytes stay the default encoder's,
+        Decimal digits and non-ASCII text included."""
+        bundle = transaction_bundle()
+        bundle["entry"][0]["resource"]["extension"] = [
+            {"url": "http://example.org/x", "valueDecimal": Decimal("1.10")},
+            {"url": "http://example.org/y", "valueDecimal": Decimal("1E+400")},
+            {"url": "http://example.org/z", "valueDecimal": 2.5e-05, "valueString": "µ \u2028 \"q\" \n"},
+        ]
+        assert serialize(bundle) == encode_json(bundle)
 
 
 class TestRetried:
