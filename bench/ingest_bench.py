@@ -19,10 +19,19 @@ Receivers, each on 127.0.0.1 and a fresh port:
     spreads the connections by a hash of their addresses, so the split of 4 associations
     over the processes varies from push to push; a push is repeated until it was even, see
     :data:`SPREAD_ATTEMPTS`, and the split is printed) and its own log file: the most any
-    durable pynetdicom receiver spread over every core can do.
+    durable pynetdicom receiver spread over every core can do;
+(f) "bare + sr2fhir spool": the same bare SCP storing each instance with sr2fhir's own spool
+    writer (the SQLite transaction and its durable commit) and doing nothing else: the floor
+    of a receiver built on the SQLite spool (the spool's design, not a choice this bench can
+    undo), one process.
 
-(a), (d) and (e) keep running while they are pushed to in turn, ``--rounds`` times (3), and
-each one's median push is kept, so that the machine's drift falls on all three alike; (b) and
+(g) on 1 association, (c) with ``listener_processes: 1`` again, its worker process stopped
+    (SIGSTOP) for the push and continued after it: the listener alone on the cores it
+    otherwise shares with the worker (which runs at SCHED_IDLE, yet still takes their caches
+    and the odd time slice).
+
+(a), (d), (e) and (f) keep running while they are pushed to in turn, ``--rounds`` times (3), and
+each one's median push is kept, so that the machine's drift falls on all of them alike; (b) and
 (c) are pushed to once each.
 
 For 1 and for 4 parallel associations it prints instances/s, CPU milliseconds per SR of each
@@ -32,7 +41,8 @@ client ``storescu`` runs on the same cores, its CPU is printed too), and the rat
 d/a (1 association) and e/a (4 associations) -- references, no target: they are the most a
 durable receiver can reach against the no-op one, so a floor below a target proves the
 target out of reach for any receiver that keeps the rule, in the same run, and a floor above
-it puts the gap in what sr2fhir does besides the commit -- and sr2fhir
+it puts the gap in what sr2fhir does besides the commit -- the spool floor f/a (the same,
+for the SQLite commit sr2fhir's spool makes) -- and sr2fhir
 against its floor: c/d (``listener_processes: 1``) and c/e (``auto`` on 4 associations).
 ``--durable-write file`` makes (d) and (e) write one new file per instance instead (see
 :data:`BARE_SCP`): dearer than the log on ext4, so not a floor for sr2fhir, which appends to
@@ -46,6 +56,7 @@ import contextlib
 import json
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -123,6 +134,21 @@ elif mode == "file":
             os.close(fd)
         fsync_dir(directory)
         return 0x0000
+elif mode == "spool":
+    from scp.spool import Spool
+    from scp.spool.items import RecordFields
+    writer = Spool(sys.argv[4]).writer()
+    def store(event):
+        global stored
+        request = event.request
+        fields = RecordFields(sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                              sop_class_uid=str(request.AffectedSOPClassUID),
+                              transfer_syntax_uid=str(event.context.transfer_syntax),
+                              calling_ae=event.assoc.requestor.ae_title)
+        writer.put(fields, part10(event))
+        with lock:
+            stored += 1
+        return 0x0000
 else:
     sys.exit(f"unknown mode {mode!r}")
 class Server(ThreadedAssociationServer):
@@ -156,7 +182,10 @@ write and the ``fdatasync`` outside it, so associations' syncs may overlap) into
 port is printed, so that each ``fdatasync`` commits data only, no size or extent change --
 as sr2fhir's spool writer does with its zero-filled WAL -- then Success (between pushes
 the log is written again from its start: it never grows). No directory fsync
-per instance: no name is created. ``file DIR`` writes each instance to a new ``DIR/<n>.dcm``,
+per instance: no name is created. ``spool DIR`` (receiver (f)) stores each instance with
+sr2fhir's own spool writer (:class:`scp.spool.writer.SpoolWriter`: the SQLite transaction and
+its commit, group commit included) in ``DIR`` and nothing else: the floor of any receiver built
+on the SQLite spool. ``file DIR`` writes each instance to a new ``DIR/<n>.dcm``,
 ``fdatasync`` and fsyncs ``DIR`` (a durable name). What both omit against sr2fhir: the SR check
 (:mod:`scp.dicom.sr_peek`), the SQLite transaction (3-4 WAL pages, locks, a CRC), the log and
 audit lines, metrics, the free-space check and the worker process, so no receiver with the
@@ -366,17 +395,19 @@ def median_run(runs: list[Run]) -> Run:
 
 def measure_bare(files: list[Path], associations: int, rounds: int, mode: str, work: Path,
                  spread: int) -> dict[str, Run]:
-    """Receivers (a), (d) and, on several associations with ``spread`` > 1, (e), pushed in
+    """Receivers (a), (d), (f) and, on several associations with ``spread`` > 1, (e), pushed in
     turn ``rounds`` times (so that the machine's drift falls on each alike); the median run of
     each."""
-    samples: dict[str, list[Run]] = {"a": [], "d": [], "e": []}
+    samples: dict[str, list[Run]] = {"a": [], "d": [], "e": [], "f": []}
     with contextlib.ExitStack() as stack:
         a = stack.enter_context(BareReceiver(files))
         d = stack.enter_context(BareReceiver(files, mode, work / "d"))
+        f = stack.enter_context(BareReceiver(files, "spool", work / "f"))
         e = stack.enter_context(BareReceiver(files, mode, work / "e", spread)) if associations > 1 < spread else None
         for _ in range(rounds):
             samples["a"].append(a.push(associations))
             samples["d"].append(d.push(associations))
+            samples["f"].append(f.push(associations))
             if e is not None:
                 samples["e"].append(e.push_evenly(associations))
     medians = {}
@@ -416,8 +447,11 @@ class Sr2fhirRun(Run):
     daemon and association processes, during the push)."""
 
 
-def measure_sr2fhir(files: list[Path], associations: int, work: Path, processes: str | int = 1) -> Sr2fhirRun:
-    """Receiver (c): ingest, then wait until every Bundle is in the outbox."""
+def measure_sr2fhir(files: list[Path], associations: int, work: Path, processes: str | int = 1, *,
+                    pause_worker: bool = False) -> Sr2fhirRun:
+    """Receiver (c): ingest, then wait until every Bundle is in the outbox. With
+    ``pause_worker`` (receiver (g)), the worker process is stopped (SIGSTOP) for the push and
+    continued after it: what the listener does alone on these cores."""
     work.mkdir()
     config = write_config(work, forwarder={"poll_interval_s": 0.05},  # info logs, as deployed
                           dicom={"host": "127.0.0.1", "port": 0, "ae_title": "SR2FHIR", "listener_processes": processes})
@@ -425,8 +459,14 @@ def measure_sr2fhir(files: list[Path], associations: int, work: Path, processes:
     try:
         daemon_pid, worker_pid = daemon.pids()
         worker_cpu = cpu_seconds([worker_pid])
+        if pause_worker:
+            os.kill(worker_pid, signal.SIGSTOP)
         start = time.perf_counter()
-        run = timed_push(daemon.port, "SR2FHIR", files, associations, [daemon_pid], exclude=(worker_pid,))
+        try:
+            run = timed_push(daemon.port, "SR2FHIR", files, associations, [daemon_pid], exclude=(worker_pid,))
+        finally:
+            if pause_worker:
+                os.kill(worker_pid, signal.SIGCONT)
         daemon.wait_events("bundle_delivered", len(files), timeout_s=600, poll_s=0.2)
         drained = time.perf_counter() - start
         worker_cpu = cpu_seconds([worker_pid]) - worker_cpu
@@ -506,6 +546,35 @@ def _floor_ratio(associations: int, runs: dict[str, Run], key: str, count: int, 
     }
 
 
+def _paused_ratio(associations: int, processes: str | int, runs: dict[str, Run], paused: Sr2fhirRun,
+                  count: int) -> dict:
+    """Receiver (g), sr2fhir with its worker stopped during the push, against (a): how much of
+    the gap to the target is the worker's share of the cores; a reference, no target."""
+    return {
+        "name": f"sr2fhir, worker paused during the push/bare, {_associations(associations)}, "
+                f"listener_processes {processes}",
+        "value": round(runs["a"].seconds / paused.seconds, 3),
+        "target": None,
+        "baseline": _baseline(associations),
+        "figures": {"sr2fhir, worker paused": f"{paused.rate(count):.1f} SR/s acknowledged (durable)",
+                    "CPU listener": paused.cpu_ms(count), "bare pynetdicom": runs["a"].describe(count),
+                    "count": str(count)},
+    }
+
+
+def _spool_floor_ratio(associations: int, runs: dict[str, Run], count: int) -> dict:
+    """Receiver (f), the bare SCP storing with sr2fhir's own spool writer, against the bare
+    no-op SCP (a): the floor of a receiver on the SQLite spool; a reference, no target."""
+    return {
+        "name": f"spool floor: bare SCP + sr2fhir's SQLite spool commit, vs bare no-op, {_associations(associations)}",
+        "value": round(runs["a"].seconds / runs["f"].seconds, 3),
+        "target": None,
+        "baseline": _baseline(associations),
+        "figures": {"bare pynetdicom": runs["a"].describe(count), "bare + sr2fhir spool (f)": runs["f"].describe(count),
+                    "CPU bare + sr2fhir spool": runs["f"].cpu_ms(count), "count": str(count)},
+    }
+
+
 def _against_floor(associations: int, processes: str | int, runs: dict[str, Run], key: str, ours: Sr2fhirRun,
                    count: int, durable_write: str) -> dict:
     """sr2fhir (c) against the bare durable SCP (d, or e); no target (issue 11 sets none)."""
@@ -556,6 +625,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  (d) bare + durable        {runs['d'].rate(count):8.1f} SR/s   CPU {runs['d'].cpu_ms(count)}   "
                   f"d/a = {bare / runs['d'].seconds:.2f} ({FLOOR_LABELS[args.durable_write]}, vs bare no-op"
                   f"{'; ' + runs['d'].spread if runs['d'].spread else ''})")
+            print(f"  (f) bare + sr2fhir spool  {runs['f'].rate(count):8.1f} SR/s   CPU {runs['f'].cpu_ms(count)}   "
+                  f"f/a = {bare / runs['f'].seconds:.2f} (sr2fhir's SQLite spool commit alone, vs bare no-op"
+                  f"{'; ' + runs['f'].spread if runs['f'].spread else ''})")
+            ratios.append(_spool_floor_ratio(associations, runs, count))
             floor_key = "d"
             if "e" in runs:
                 floor_key = "e"
@@ -576,6 +649,13 @@ def main(argv: list[str] | None = None) -> int:
                       f", c/{key} = {runs[key].seconds / ours.seconds:.2f}")
                 print(f"      CPU listener {ours.cpu_ms(count)}, worker {1000 * ours.worker_cpu_s / count:.2f} ms/SR "
                       "until drained")
+                if ratio["target"] is not None and associations == 1:
+                    paused = measure_sr2fhir(files, associations, tmp_path / f"sr2fhir{associations}-{processes}-paused",
+                                             processes, pause_worker=True)
+                    print(f"  (g) the same, its worker paused during the push: {paused.rate(count):8.1f} SR/s   "
+                          f"CPU listener {paused.cpu_ms(count)}   g/a = {bare / paused.seconds:.2f} (the listener "
+                          "alone on these cores; otherwise the worker shares them)")
+                    ratios.append(_paused_ratio(associations, processes, runs, paused, count))
                 if ratio["target"] is not None:
                     ratios.append(_against_floor(associations, processes, runs, key, ours, count, args.durable_write))
                     best = min(("d", "e"), key=lambda k: runs[k].seconds if k in runs else float("inf"))
@@ -587,6 +667,11 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         verdict = "above: the gap is what sr2fhir does besides the commit"
                     print(f"      target {ratio['target']} vs {best}/a {floor:.2f}: {verdict}")
+                    spool_floor = bare / runs["f"].seconds
+                    if associations == 1:  # on 4, (f) is one process, and ``auto`` runs several
+                        print(f"      target {ratio['target']} vs f/a {spool_floor:.2f} (the SQLite spool's commit alone): "
+                              + ("below: no receiver on sr2fhir's spool reaches it in this run"
+                                 if spool_floor < ratio["target"] else "above: the gap is what sr2fhir does besides storing"))
     if args.json is not None:
         args.json.write_text(json.dumps({"bench": Path(__file__).stem, "ratios": ratios}, indent=2) + "\n",
                              encoding="utf-8")

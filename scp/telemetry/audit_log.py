@@ -18,6 +18,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 __all__ = ["AuditLog"]
 
 
@@ -35,7 +37,7 @@ class AuditLog:
         self._fd: int | None = None
 
     def write(self, event: dict[str, Any]) -> None:
-        line = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        line = _json_line(event)
         with self._lock:
             fd = self._open()
             view = memoryview(line)
@@ -62,3 +64,13 @@ class AuditLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         return self._fd
+
+
+def _json_line(event: dict[str, Any]) -> bytes:
+    """One compact UTF-8 JSON line. orjson (a C-STORE writes one event, and the standard
+    library took half the event's cost); what orjson refuses (an integer over 64 bits, a
+    non-string key) goes through the standard library, which writes it or raises."""
+    try:
+        return orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"

@@ -486,3 +486,15 @@ def test_events_are_accepted_by_a_real_r5_server(fhir_server, tmp_path: Path, re
     assert len(written) == len(bundle["entry"])
     resource_type, resource_id = written[0].removeprefix(fhir_server.base_url + "/").split("/")[:2]
     assert fhir_server.get(resource_type, resource_id) is not None
+
+
+def test_audit_lines_are_compact_json_whatever_the_encoder(tmp_path):
+    # orjson writes the events; what it refuses (a 70-bit integer, a non-string key) still
+    # arrives as one JSON line, as the standard library writes it.
+    audit_log = AuditLog(tmp_path / "audit.jsonl")
+    audit_log.write({"id": "plain", "text": "Läsion 肺", "n": 1.5})
+    audit_log.write({"id": "big", "n": 2 ** 70})
+    audit_log.write({"id": "keys", 7: "seven"})
+    lines = (tmp_path / "audit.jsonl").read_bytes().splitlines()
+    assert lines[0] == '{"id":"plain","text":"Läsion 肺","n":1.5}'.encode()
+    assert [json.loads(line) for line in lines[1:]] == [{"id": "big", "n": 2 ** 70}, {"id": "keys", "7": "seven"}]
