@@ -84,9 +84,10 @@ def split_transaction(bundle: dict[str, Any], max_entries: int) -> list[dict[str
     targets = _reference_targets(entries)
     components = _ordered_components(len(entries), targets)
     chunks: list[list[int]] = []
+    largest = max(map(len, components), default=0)
+    if largest > max_entries:  # the largest circle: the setting it names is then enough for all
+        raise ComponentTooLargeError(largest, max_entries)
     for component in components:
-        if len(component) > max_entries:
-            raise ComponentTooLargeError(len(component), max_entries)
         if not chunks or len(chunks[-1]) + len(component) > max_entries:
             chunks.append([])
         chunks[-1].extend(component)

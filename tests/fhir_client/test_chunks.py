@@ -6,7 +6,7 @@ import copy
 import re
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fhir_client.chunks import (
@@ -170,6 +170,9 @@ def graphs(draw) -> list[list[int]]:
 
 @settings(max_examples=300, deadline=None)
 @given(graph=graphs(), mode=st.sampled_from(MODES), max_entries=st.integers(1, 8))
+# Two circles, the smaller one first: the error names the larger, so the setting it asks for
+# is enough for both (it named the first it met).
+@example(graph=[[1], [0], [13], [], [], [0, 2], [], [], [], [], [], [], [], [5]], mode="put", max_entries=1)
 def test_split_properties(graph, mode, max_entries):
     bundle = transaction(mode, graph)
     before = copy.deepcopy(bundle)
