@@ -667,8 +667,8 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         verdict = "above: the gap is what sr2fhir does besides the commit"
                     print(f"      target {ratio['target']} vs {best}/a {floor:.2f}: {verdict}")
-                    spool_floor = bare / runs["f"].seconds
                     if associations == 1:  # on 4, (f) is one process, and ``auto`` runs several
+                        spool_floor = bare / runs["f"].seconds
                         print(f"      target {ratio['target']} vs f/a {spool_floor:.2f} (the SQLite spool's commit alone): "
                               + ("below: no receiver on sr2fhir's spool reaches it in this run"
                                  if spool_floor < ratio["target"] else "above: the gap is what sr2fhir does besides storing"))
