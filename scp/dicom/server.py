@@ -4,8 +4,9 @@
 timeouts, association limit, maximum PDU size), binds the admission gate
 (:mod:`scp.dicom.admission`) and the C-STORE handler (:mod:`scp.dicom.store`), and serves in
 background threads; :class:`Listener` is the running SCP. Each accepted connection gets
-TCP_NODELAY, a socket timeout and a cap on the PDU length read, and its DUL thread polls
-promptly while the peer is busy (:mod:`scp.dicom.prompt_polling`) (EVT_CONN_OPEN).
+TCP_NODELAY, a socket timeout and a cap on the PDU length read (EVT_CONN_OPEN), and its two
+pynetdicom threads wake when there is work instead of polling every 1 ms
+(:mod:`scp.dicom.prompt_reactors`).
 
 With TLS, the handshake runs in the connection's own thread (:class:`_AssociationServer`),
 bounded by the ACSE timeout, never in the accept loop: a client that fails the handshake or
@@ -38,7 +39,8 @@ from ..spool import SpoolWriter
 from .admission import AllowedPeer, AssociationGate, ListenerPolicy, PeerRule
 from .association_log import AssociationLog
 from .handoff import HandedConnections
-from .prompt_polling import poll_promptly
+from .prompt_reactors import install as install_prompt_reactors
+from .prompt_reactors import wake_promptly
 from .store import StoreObserver, handle_store
 
 __all__ = [
@@ -342,6 +344,7 @@ def start_listener(
         *associations.handlers(),
     ]
     handlers.append((evt.EVT_CONN_OPEN, _guard_connection, [tcp_nodelay, network_timeout_s, maximum_pdu_size]))
-    handlers.append((evt.EVT_CONN_OPEN, poll_promptly))
+    handlers.append((evt.EVT_CONN_OPEN, wake_promptly))
+    install_prompt_reactors()
     listener._serve(host, port, handlers, ssl_context)
     return listener
