@@ -2,6 +2,12 @@
 
 Refused associations are logged where they are refused (``association_rejected``); this
 covers the accepted ones, from EVT_ACCEPTED to EVT_CONN_CLOSE.
+
+A release is recorded when our A-RELEASE response is handed to the DUL (EVT_ACSE_SENT, in the
+association thread, before the response can reach the peer), not only at EVT_RELEASED: that
+comes from the association thread after the response is queued, and the DUL thread, woken at
+once (:mod:`.prompt_reactors`), may send it, see the peer close the connection and trigger
+EVT_CONN_CLOSE first.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from dataclasses import dataclass
 
 import structlog
 from pynetdicom import evt
+from pynetdicom.pdu_primitives import A_RELEASE
 
 __all__ = ["AssociationLog"]
 
@@ -36,8 +43,9 @@ class AssociationLog:
         self._open: dict[int, _Open] = {}
 
     def handlers(self) -> list[tuple[evt.NotificationEvent, object]]:
-        return [(evt.EVT_ACCEPTED, self.accepted), (evt.EVT_RELEASED, self.released),
-                (evt.EVT_ABORTED, self.aborted), (evt.EVT_CONN_CLOSE, self.closed)]
+        return [(evt.EVT_ACCEPTED, self.accepted), (evt.EVT_ACSE_SENT, self.acse_sent),
+                (evt.EVT_RELEASED, self.released), (evt.EVT_ABORTED, self.aborted),
+                (evt.EVT_CONN_CLOSE, self.closed)]
 
     def accepted(self, event: evt.Event) -> None:
         requestor = event.assoc.requestor
@@ -50,6 +58,11 @@ class AssociationLog:
             if entry is not None:
                 entry.stores += 1
                 entry.refused += status != 0
+
+    def acse_sent(self, event: evt.Event) -> None:
+        primitive = event.primitive
+        if isinstance(primitive, A_RELEASE) and primitive.result is not None:  # our response: released
+            self._end(event, "released")
 
     def released(self, event: evt.Event) -> None:
         self._end(event, "released")
