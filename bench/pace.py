@@ -143,11 +143,15 @@ def _delivered(daemon: QuietDaemon, count: int, start_wall: float) -> Delivered:
                      {e["status_code"] for e in events})
 
 
-def daemon_config(work: Path, base_url: str, concurrency: int, **fhir: Any) -> Path:
-    """A daemon config delivering to ``base_url`` (``fhir``: more keys of the ``fhir`` section)."""
+def daemon_config(work: Path, base_url: str, concurrency: int, map_ahead_mb: float | None = None,
+                  **fhir: Any) -> Path:
+    """A daemon config delivering to ``base_url`` (``fhir``: more keys of the ``fhir`` section;
+    ``map_ahead_mb``: ``forwarder.map_ahead_mb``, the default when None)."""
     work.mkdir()
-    return write_config(work, fhir={"base_url": base_url, "retry": SHORT_RETRY, **fhir},
-                        forwarder={"concurrency": concurrency, "poll_interval_s": 0.05})
+    forwarder: dict[str, Any] = {"concurrency": concurrency, "poll_interval_s": 0.05}
+    if map_ahead_mb is not None:
+        forwarder["map_ahead_mb"] = map_ahead_mb
+    return write_config(work, fhir={"base_url": base_url, "retry": SHORT_RETRY, **fhir}, forwarder=forwarder)
 
 
 def end_to_end(files: list[Path], work: Path, base_url: str, concurrency: int, associations: int = 2,
@@ -215,12 +219,15 @@ class Drain:
 
 
 def backlog_drain(files: list[Path], work: Path, make_server: Callable[[int], LoopbackFhirServer],
-                  base_path: str, concurrency: int, associations: int = 2, **fhir: Any) -> Drain:
+                  base_path: str, concurrency: int, associations: int = 2, map_ahead_mb: float | None = None,
+                  **fhir: Any) -> Drain:
     """The FHIR server is down while every SR arrives (all acknowledged, spooled); then it
     starts on the port the daemon was configured with. Timed from the moment the server printed
-    that it listens (its startup is not counted) until the daemon logged the last 2xx."""
+    that it listens (its startup is not counted) until the daemon logged the last 2xx. Meanwhile
+    the worker maps the backlog ahead (``forwarder.map_ahead_mb``; 0 turns that off)."""
     port = free_port()
-    daemon = QuietDaemon(daemon_config(work, f"http://127.0.0.1:{port}{base_path}", concurrency, **fhir)).start()
+    daemon = QuietDaemon(daemon_config(work, f"http://127.0.0.1:{port}{base_path}", concurrency, map_ahead_mb,
+                                       **fhir)).start()
     try:
         start = time.perf_counter()
         push(daemon.port, "SR2FHIR", files, associations)

@@ -153,12 +153,16 @@ class ForwarderSettings(Frozen):
     """The worker that maps spooled instances and delivers them (see :mod:`scp.delivery.forwarder`).
 
     ``concurrency``: Bundles in flight at once. ``poll_interval_s``: how often the spool is
-    looked at when idle. ``batch_size``: spool items claimed per look.
+    looked at when idle. ``batch_size``: spool items claimed per look. ``map_ahead_mb``: while
+    delivery is held (the FHIR endpoint is down or refuses us), the oldest waiting SRs are
+    mapped ahead, up to this many MiB of Bundles in memory, so the drain afterwards mostly
+    sends (:mod:`scp.delivery.prepared`); 0 turns it off.
     """
 
     concurrency: int = Field(default=4, ge=1, le=64)
     poll_interval_s: Seconds = 0.2
     batch_size: int = Field(default=32, ge=1)
+    map_ahead_mb: float = Field(default=16.0, ge=0, le=4096)
 
 
 class LogSettings(Frozen):

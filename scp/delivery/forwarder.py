@@ -34,6 +34,7 @@ from mapping import MappingError, MappingOptions, UnsupportedTemplate, map_sr
 from ..common.waiting import wait_or_timeout
 from .chunked import SpoolProgress
 from .hold import DeliveryHold, HoldState
+from .prepared import PreparedBundles, RetryWaits
 from .reasons import DeadLetterReason
 from .supersession import Supersessions, delivered_report
 from .targets import Delivery, FhirDelivery, OutboxDelivery, resolve_logical_references
@@ -43,6 +44,9 @@ __all__ = ["Delivery", "DeliveryObserver", "OutboxDelivery", "FhirDelivery", "Fo
            "UnmappedPolicy", "run_forwarder", "process_item", "resolve_logical_references", "template_label"]
 
 log = structlog.get_logger()
+
+MAP_AHEAD_LOOK = 64
+"""Mapping ahead looks at this many pending items beyond those in flight and mapped already."""
 
 DEFERRED_RETRY_S = 30.0
 """How long an item whose delivery could not even be attempted (e.g. outbox disk full) waits."""
@@ -118,6 +122,7 @@ async def process_item(
     *,
     unmapped: UnmappedPolicy = "ignore",
     supersessions: Supersessions | None = None,
+    prepared: PreparedBundles | None = None,
 ) -> Settlement:
     """Map and deliver one spooled item and settle it; never raises for bad input.
 
@@ -126,7 +131,7 @@ async def process_item(
     is deferred. ``unmapped``: an SR that is none of the documents sr2fhir maps is dropped
     (``ignore``) or dead-lettered. ``supersessions`` (one is made when not given) retires
     what the item replaces once it is delivered, and the item's own resources when a
-    delivered SR replaces it.
+    delivered SR replaces it. ``prepared``: where a result mapped ahead of time may wait.
     """
     if supersessions is None:
         supersessions = Supersessions(consumer, delivery, stop, observers=observers)
@@ -138,7 +143,9 @@ async def process_item(
         if release != options.fhir_version:
             options = options.model_copy(update={"fhir_version": release})
         try:
-            result = map_sr(pydicom.dcmread(BytesIO(item.read())), options)
+            result = prepared.take(item.id, release) if prepared is not None else None
+            if result is None:
+                result = map_sr(pydicom.dcmread(BytesIO(item.read())), options)
         except UnsupportedTemplate as exc:
             if unmapped == "ignore":
                 return _ignore(consumer, item, stats, exc, observers)
@@ -271,6 +278,8 @@ async def run_forwarder(
     hold: DeliveryHold | None = None,
     unmapped: UnmappedPolicy = "ignore",
     remember_delivered_s: float = 365 * 86400.0,
+    map_ahead_bytes: int = 0,
+    retry_waits: RetryWaits | None = None,
 ) -> ForwarderStats:
     """Forward until ``stop`` is set; in-flight items finish (or stay pending) before return.
 
@@ -281,18 +290,45 @@ async def run_forwarder(
     ``on_tick`` runs every ``poll_interval_s`` in a task of its own: the worker's heartbeat.
     With ``hold`` (a FHIR target), an answer that is the endpoint's fault holds the queue: no
     item starts, the hold's probe runs when due, then one trial item, then everything again.
+
+    While the queue is held, or every item in flight waits to retry (``retry_waits`` counts
+    the FHIR client's waits), the next pending items are mapped ahead, up to
+    ``map_ahead_bytes`` of Bundles (:mod:`.prepared`), so the drain after an outage mostly sends.
     """
     stats = ForwarderStats()
     slots = asyncio.Semaphore(concurrency)
     in_flight: dict[str, asyncio.Task[None]] = {}
     not_before: dict[str, float] = {}  # deferred items wait before their next try
     supersessions = Supersessions(consumer, delivery, stop, observers=observers, remember_s=remember_delivered_s)
+    prepared = PreparedBundles(options, map_ahead_bytes) if map_ahead_bytes > 0 else None
+
+    def map_ahead() -> int:
+        """Map a slice of the items after those in flight (see :mod:`.prepared`); how many."""
+        if prepared is None or prepared.full:
+            return 0
+        release = delivery.known_release() or prepared.default_release
+        waiting = consumer.pending(len(prepared) + len(in_flight) + MAP_AHEAD_LOOK)
+        return prepared.prepare([item for item in waiting if item.id not in in_flight], release)
+
+    async def wait_for_a_slot() -> None:
+        """Until an item in flight ends; while every one of them waits to retry (the server is
+        down or throttles), map the next items ahead instead of idling."""
+        while in_flight and not stop.is_set():
+            if retry_waits is not None and retry_waits.waiting >= len(in_flight) and map_ahead():
+                if any(task.done() for task in in_flight.values()):
+                    return
+                await asyncio.sleep(0)  # let the tasks and the heartbeat run between slices
+                continue
+            done, _ = await asyncio.wait(list(in_flight.values()), timeout=poll_interval_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if done:
+                return
 
     async def run(item: SpoolItem) -> None:
         settled: Settlement | None = None
         try:
             settled = await process_item(item, consumer, delivery, options, stop, stats, observers, hold,
-                                         unmapped=unmapped, supersessions=supersessions)
+                                         unmapped=unmapped, supersessions=supersessions, prepared=prepared)
         finally:
             if settled == "deferred":
                 not_before[item.id] = time.monotonic() + DEFERRED_RETRY_S
@@ -308,6 +344,9 @@ async def run_forwarder(
     while not stop.is_set():
         consumer.ingest_requeued()
         if hold is not None and hold.state is HoldState.HELD:
+            if hold.seconds_to_probe() > 0 and map_ahead():
+                await asyncio.sleep(0)  # let the heartbeat and the signal handlers run between slices
+                continue
             await _probe_when_due(hold, stop, poll_interval_s)
             continue
         now = time.monotonic()
@@ -315,6 +354,8 @@ async def run_forwarder(
                  if i.id not in in_flight and not_before.get(i.id, 0.0) <= now]
         admitted = fresh[:batch_size] if hold is None else hold.admit(fresh[:batch_size], key=lambda i: i.id)
         for item in admitted:
+            if slots.locked():
+                await wait_for_a_slot()
             await slots.acquire()
             if stop.is_set() or (hold is not None and not hold.may_start()):
                 slots.release()
@@ -332,7 +373,7 @@ async def run_forwarder(
                     await on_idle()
             await wait_or_timeout(stop, poll_interval_s)
         elif len(in_flight) >= concurrency:
-            await asyncio.wait(list(in_flight.values()), return_when=asyncio.FIRST_COMPLETED)
+            await wait_for_a_slot()
     if in_flight:
         await asyncio.gather(*in_flight.values(), return_exceptions=True)
     if housekeeping is not None:

@@ -36,6 +36,11 @@ class Delivery(Protocol):
         """The FHIR release to write (``r4``/``r5``), or why it is not known yet (ENDPOINT)."""
         ...
 
+    def known_release(self) -> FhirRelease | None:
+        """The release to write when it is known without asking: configured, or the server's
+        answer already; None before ``fhir.version: auto`` has one."""
+        ...
+
     async def deliver(self, bundle: dict[str, Any], sop_instance_uid: str, *,
                       progress: DeliveryProgress | None = None) -> SendResult: ...
 
@@ -53,6 +58,9 @@ class OutboxDelivery:
         directory.mkdir(parents=True, exist_ok=True)
 
     async def release(self) -> FhirRelease:
+        return self.version
+
+    def known_release(self) -> FhirRelease:
         return self.version
 
     async def deliver(self, bundle: dict[str, Any], sop_instance_uid: str, *,
@@ -86,6 +94,9 @@ class FhirDelivery:
 
     async def release(self) -> FhirRelease | SendResult:
         return await self.versions.resolve()
+
+    def known_release(self) -> FhirRelease | None:
+        return self.versions.release
 
     async def deliver(self, bundle: dict[str, Any], sop_instance_uid: str, *,
                       progress: DeliveryProgress | None = None) -> SendResult:

@@ -33,6 +33,7 @@ from ..delivery.forwarder import (
     run_forwarder,
 )
 from ..delivery.hold import DeliveryHold, HoldObserver, ProbeBackoff
+from ..delivery.prepared import RetryWaits
 from ..telemetry.logs import configure_logging
 from ..telemetry.metrics import WorkerMetrics, metrics_directory
 from ..spool import SpoolLockedError, open_spool
@@ -122,6 +123,7 @@ async def forward(settings: Settings) -> int:
     try:
         heartbeat = Heartbeat(heartbeat_path(settings.spool.directory))
 
+        retry_waits = RetryWaits()
         options = settings.mapping.options().model_copy(
             update={"r4_imaging_selection": settings.fhir.r4_imaging_selection})
 
@@ -131,6 +133,7 @@ async def forward(settings: Settings) -> int:
                 poll_interval_s=settings.forwarder.poll_interval_s, batch_size=settings.forwarder.batch_size,
                 on_tick=heartbeat.beat, observers=observers, hold=hold, unmapped=settings.mapping.unmapped,
                 remember_delivered_s=settings.spool.remember_delivered_days * 86400.0,
+                map_ahead_bytes=int(settings.forwarder.map_ahead_mb * 2**20), retry_waits=retry_waits,
             )
 
         if settings.fhir.base_url is None:
@@ -139,7 +142,7 @@ async def forward(settings: Settings) -> int:
         else:
             fhir = settings.fhir
             # mapping.serialize: the client's default bytes, written several times faster.
-            async with FhirClient(settings.fhir, shutdown=stop, sleep=metrics.wrap_sleep(asyncio.sleep),
+            async with FhirClient(settings.fhir, shutdown=stop, sleep=retry_waits.wrap(metrics.wrap_sleep(asyncio.sleep)),
                                   encode=serialize) as client:
                 # Logged once the client exists: building it (TLS trust store, httpcore's
                 # import) takes a few hundred ms of CPU, and "started" means ready to deliver.

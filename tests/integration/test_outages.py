@@ -116,6 +116,25 @@ def test_fhir_server_down_for_60_s_srs_are_acknowledged_meanwhile_and_all_delive
           f"all delivered {drain_s:.1f} s after recovery (max attempts {max(o['attempts'] for o in outcomes)})")
 
 
+def test_srs_waiting_out_an_outage_are_mapped_ahead_then_all_delivered(fhir_server, tmp_path):
+    """While every Bundle in flight waits to retry, the worker maps the rest of the backlog
+    (``forwarder.map_ahead_mb``); once the server answers, those are delivered as they are."""
+    with FaultProxy(fhir_server.base_url) as proxy:
+        proxy.set_mode(status(503))
+        config = write_config(tmp_path, fhir={"base_url": proxy.base_url, "retry": RECOVERY_RETRY},
+                              log={"format": "json", "level": "debug"})
+        with DaemonProcess(config) as daemon:
+            datasets = [good_sr(f"ahead-{i}") for i in range(12)]
+            assert store(daemon.port, datasets) == [0x0000] * 12
+            # forwarder.concurrency (4) are in flight, retrying; the other 8 are mapped meanwhile
+            daemon.wait_for("mapped_ahead", lambda e: e["prepared"] >= 8)
+            assert not daemon.named("bundle_delivered")
+            proxy.set_mode(PASS)
+            outcomes = [wait_outcome(daemon, ds.SOPInstanceUID) for ds in datasets]
+    assert [o["event"] for o in outcomes] == ["bundle_delivered"] * 12
+    assert not missing_on_server(fhir_server, resource_keys(datasets))
+
+
 def test_a_429_storm_with_retry_after_is_obeyed_per_bundle_then_everything_is_delivered(fhir_server, tmp_path):
     datasets = [good_sr(f"throttle-{i}") for i in range(10)]
     with FaultProxy(fhir_server.base_url) as proxy:
