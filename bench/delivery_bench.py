@@ -22,18 +22,20 @@ Run from the repository root: ``.venv/bin/python bench/delivery_bench.py [--coun
     forwarder concurrency 1 and 8; ratio 8/1, target >= 5 (skipped by ``--quick``).
 
 **CPU per SR** of each process in each phase (user + system, from ``/proc/<pid>/stat``): the
-ceiling client and the server in (a); listener (the daemon's main process), worker and server
-in (b) and (c). From them, the **CPU cap** of each phase (:func:`bench.pace.cpu_cap`), the most
-SR/s these costs allow on this machine's ``C`` cores whatever the scheduling::
+ceiling client and the server in (a); the ``storescu`` senders (in (b): they share the cores),
+listener (the daemon's main process), worker and server in (b) and (c). From them, the **CPU
+cap** of each phase (:func:`bench.pace.cpu_cap`), the most SR/s these costs allow on this
+machine's ``C`` cores whatever the scheduling::
 
-    cap = min( C / (c_listener + c_worker + c_server),  1 / c_listener,  1 / c_worker,  1 / c_server )
+    cap = min( C / (c_sender + c_listener + c_worker + c_server),  1 / c_listener,  1 / c_worker,  1 / c_server )
 
 with ``c_p`` the CPU seconds per SR of process ``p`` in that phase: all processes share the
-``C`` cores, and each does its work on one thread (event loop or GIL), so none can use more than
-one core. ``cap / ceiling`` is then the best ratio (b) or (c) can reach with today's costs: with
-the server's ~4 ms per SR on 2 cores, a ratio of 0.7 needs ``c_listener + c_worker`` below
-``2 / (0.7 x ceiling) - c_server``. A measured ratio well below its cap means waiting, not CPU,
-limits the run.
+``C`` cores (a strict bound), and each does its work on one thread (event loop or GIL), so none
+can use more than one core (not strict for the server: Node's JIT and GC threads let a fresh
+server go past it, by up to 15 % in the runs so far). ``cap / ceiling`` is then about the best
+ratio (b) or (c) can reach with today's costs: with the server's ~4 ms per SR on 2 cores, a
+ratio of 0.7 needs ``c_sender + c_listener + c_worker`` below ``2 / (0.7 x ceiling) - c_server``.
+A measured ratio well below its cap means waiting, not CPU, limits the run.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import socket
 import time
 from collections.abc import Callable
@@ -101,11 +102,11 @@ def cpu_cap(cpu_s: dict[str, float], count: int, cores: int | None = None) -> Cp
 
         cap = min( cores / sum_p c_p ,  min_p 1 / c_p )     (c_p: CPU seconds per SR of process p)
 
-    The first term: every process shares the same ``cores`` (``os.cpu_count()``); the second:
-    each process does its work on one thread (the worker's event loop, the listener's GIL,
-    node's event loop; node's few helper threads make its term slightly pessimistic), so it
-    can never use more than one core. A run below its cap is limited by something else
-    (waiting: latency, pipelining, the worker's idle priority), not by CPU.
+    The first term: every process shares the same ``cores`` (``os.cpu_count()``), a strict
+    bound; the second: each process does its work on one thread (the worker's event loop, the
+    listener's GIL, node's event loop), so it can hardly use more than one core (node's JIT and
+    GC threads let a fresh server pass its term by up to 15 %). A run below its cap is limited
+    by something else (waiting: latency, pipelining, the worker's idle priority), not by CPU.
     """
     cores = cores or os.cpu_count() or 1
     per_sr = {name: seconds / count for name, seconds in cpu_s.items() if seconds > 0}
@@ -130,8 +131,9 @@ class Delivered:
     attempts: int = 0
     statuses: set[int] = field(default_factory=set)
     cpu_s: dict[str, float] = field(default_factory=dict)
-    """CPU time (user + system) of each process over the run: listener (the daemon's main
-    process), worker, server (when its pid was given)."""
+    """CPU time (user + system) of each process over the run: sender (the ``storescu``
+    processes sending the SRs, on the same cores), listener (the daemon's main process),
+    worker, server (when its pid was given)."""
     pushed_s: float = 0.0
     """How long the C-STORE senders took (the last SR acknowledged, i.e. spooled)."""
 
@@ -163,10 +165,12 @@ def end_to_end(files: list[Path], work: Path, base_url: str, concurrency: int, a
         if server_pid is not None:
             pids["server"] = server_pid
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        senders_before = reaped_children_cpu_seconds()
         start = time.time()
         pushed_s = push(daemon.port, "SR2FHIR", files, associations)
+        sender_s = reaped_children_cpu_seconds() - senders_before  # push() waited for its storescu processes
         done = _delivered(daemon, len(files), start)
-        done.cpu_s = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+        done.cpu_s = {"sender": sender_s, **{name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}}
         done.pushed_s = pushed_s
         return done
     finally:
@@ -191,6 +195,12 @@ def on_port(server: _Server, port: int) -> _Server:
 
     server.command = fixed_port_command  # type: ignore[method-assign]
     return server
+
+
+def reaped_children_cpu_seconds() -> float:
+    """User + system CPU time of this process's children that ended and were waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def cpu_seconds(pid: int) -> float:

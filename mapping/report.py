@@ -24,7 +24,7 @@ from .r4 import to_r4
 from .references import is_valid_uid, patient_reference, service_request_reference, study_instance_uid
 from .sop_classes import SR_STORAGE_SOP_CLASSES
 
-__all__ = ["MappingResult", "map_sr"]
+__all__ = ["MappingResult", "map_sr", "r4_form"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,14 +98,23 @@ def _map(ds: Dataset, options: MappingOptions) -> MappingResult:
     _MAPPERS[kind](ds, root, ctx)
     for scheme, system in sorted(ctx.codes.unknown.items()):
         skipped.append(Skipped("", f"coding scheme designator {scheme!r} has no known FHIR system; used {system}"))
-    bundle = ctx.bundle.build()
-    if options.fhir_version == "r4":
-        conversion = to_r4(bundle, imaging_selection=options.r4_imaging_selection)
-        bundle = conversion.bundle
-        skipped += conversion.notes
-        if kind is DocumentKind.RADIATION_DOSE:
-            bundle = dose.finish_r4(bundle)
-    return MappingResult(bundle, tuple(skipped), kind, predecessor_uids(ds))
+    result = MappingResult(ctx.bundle.build(), tuple(skipped), kind, predecessor_uids(ds))
+    return r4_form(result, options) if options.fhir_version == "r4" else result
+
+
+def r4_form(result: MappingResult, options: MappingOptions) -> MappingResult:
+    """The R5 ``result`` of :func:`map_sr` in R4 form: what ``map_sr`` gives for the same SR
+    with ``options.fhir_version == "r4"`` (pure; ``result`` is not modified). Raises
+    :class:`MissingContentItem` for a Key Object Selection when ImagingSelections are left out
+    of R4 (``r4_imaging_selection == "omit"``): nothing would be sent."""
+    if result.kind is DocumentKind.KEY_OBJECT_SELECTION and options.r4_imaging_selection == "omit":
+        raise MissingContentItem("a Key Object Selection maps only to ImagingSelections, and they are left out of "
+                                 "R4 Bundles (r4_imaging_selection 'omit')")
+    conversion = to_r4(result.bundle, imaging_selection=options.r4_imaging_selection)
+    bundle = conversion.bundle
+    if result.kind is DocumentKind.RADIATION_DOSE:
+        bundle = dose.finish_r4(bundle)
+    return MappingResult(bundle, result.skipped + tuple(conversion.notes), result.kind, result.predecessors)
 
 
 def _sop_class(ds: Dataset) -> str:

@@ -9,7 +9,8 @@ CPU per SR.
 A prepared result is used at most once, only for the item it was mapped from (an item's bytes
 never change under its id) and only for the FHIR release it was mapped for: ``fhir.version:
 auto`` expects the release the server gave last, or the mapping default (R5) before its first
-answer; another release maps again. Mapping is deterministic, so a prepared Bundle is the one
+answer. An R5 result serves an R4 server through the same conversion ``map_sr`` applies
+(:func:`mapping.report.r4_form`). Mapping is deterministic, so a prepared Bundle is the one
 mapping the item at delivery would give. A mapping that fails is not kept: the item fails
 again in its turn and is dead-lettered or ignored there, as it would have been.
 
@@ -26,7 +27,8 @@ from io import BytesIO
 import pydicom
 import structlog
 
-from mapping import MappingOptions, MappingResult, map_sr, serialize
+from mapping import MappingError, MappingOptions, MappingResult, map_sr, serialize
+from mapping.report import r4_form
 
 from ..common.times import Clock
 from ..spool import SpoolItem
@@ -96,10 +98,21 @@ class PreparedBundles:
         return mapped
 
     def take(self, item_id: str, release: str) -> MappingResult | None:
-        """The result prepared for ``item_id`` and ``release`` (then no longer held), or None."""
+        """The result prepared for ``item_id`` in ``release`` (then no longer held), or None.
+        One prepared for R5 serves R4 too, through the conversion ``map_sr`` itself applies."""
         self._unmappable.discard(item_id)
         held = self._drop(item_id)
-        return held[1] if held is not None and held[0] == release else None
+        if held is None:
+            return None
+        prepared_for, result, _ = held
+        if prepared_for == release:
+            return result
+        if prepared_for == "r5" and release == "r4":
+            try:
+                return r4_form(result, self._options.model_copy(update={"fhir_version": "r4"}))
+            except MappingError:
+                return None  # mapped again in its turn, which says why
+        return None
 
     def _drop(self, item_id: str) -> tuple[str, MappingResult, int] | None:
         held = self._results.pop(item_id, None)

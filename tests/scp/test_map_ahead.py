@@ -62,16 +62,20 @@ def test_a_prepared_result_is_the_bundle_mapping_at_delivery_gives_and_is_used_o
     assert len(prepared) == 0 and prepared.bytes == 0
 
 
-def test_a_result_prepared_for_r5_is_not_used_for_r4_and_r4_can_be_prepared(tmp_path: Path) -> None:
-    spool, _ = fill_spool(tmp_path / "spool", 2)
-    first, second = pending(spool)
+def test_a_result_prepared_for_r5_serves_r4_as_mapping_for_r4_would_and_not_the_other_way(tmp_path: Path) -> None:
+    """``fhir.version: auto`` maps ahead for R5 until the server said; an R4 server gets the R4 form."""
+    spool, _ = fill_spool(tmp_path / "spool", 3)
+    first, second, third = pending(spool)
     prepared = PreparedBundles(R5, max_bytes=10 * 2**20)
     prepared.prepare([first, second], "r5", budget_s=60)
-    assert prepared.take(first.id, "r4") is None  # mapped for another release: dropped, mapped again
+    result = prepared.take(first.id, "r4")
+    assert result is not None and serialize(result.bundle) == mapped_now(first, "r4") != mapped_now(first)
     assert len(prepared) == 1
-    assert prepared.prepare([second], "r4", budget_s=60) == 1  # the release changed: prepared anew
+    assert prepared.prepare([second, third], "r4", budget_s=60) == 2  # the release is known now: R4 ahead
     result = prepared.take(second.id, "r4")
-    assert result is not None and serialize(result.bundle) == mapped_now(second, "r4") != mapped_now(second)
+    assert result is not None and serialize(result.bundle) == mapped_now(second, "r4")
+    assert prepared.take(third.id, "r5") is None  # an R4 result cannot serve R5: mapped again in its turn
+    assert len(prepared) == 0
 
 
 def test_preparing_stops_once_the_bound_is_reached(tmp_path: Path) -> None:
