@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from collections.abc import Awaitable, Callable
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,19 @@ def mapped_ahead(logs: list[dict[str, Any]]) -> int:
     return sum(entry["items"] for entry in logs if entry["event"] == "mapped_ahead")
 
 
+def run_logged(scenario: Callable[[list[dict[str, Any]]], Awaitable[None]]) -> list[dict[str, Any]]:
+    """Run ``scenario(logs)`` with the log lines captured into ``logs``; return them."""
+    with capture_logs() as logs:
+        asyncio.run(scenario(logs))
+    return logs
+
+
+async def stopped(stop: asyncio.Event, forwarder: asyncio.Task[Any], consumer: Any) -> None:
+    stop.set()
+    await asyncio.wait_for(forwarder, 30)
+    consumer.close()
+
+
 def test_while_the_queue_is_held_the_backlog_is_mapped_ahead_and_delivered_as_mapped(tmp_path: Path) -> None:
     spool, uids = fill_spool(tmp_path / "spool", 12)
     expected = {item.sop_instance_uid: mapped_now(item) for item in pending(spool)}
@@ -180,12 +194,9 @@ def test_while_the_queue_is_held_the_backlog_is_mapped_ahead_and_delivered_as_ma
             endpoint.mode, endpoint.probe_ok = (lambda uid: DELIVERED), True
             await asyncio.wait_for(settled.done.wait(), 30)
         finally:
-            stop.set()
-            await asyncio.wait_for(task, 30)
-            consumer.close()
+            await stopped(stop, task, consumer)
 
-    with capture_logs() as logs:
-        asyncio.run(scenario(logs))
+    logs = run_logged(scenario)
     assert mapped_ahead(logs) == 12  # the four sent before the hold too: they came back
     assert endpoint.bodies == expected
     assert spool.status().pending == 0 and spool.status().failed == 0
@@ -229,12 +240,9 @@ def test_while_every_send_waits_to_retry_the_next_items_are_mapped_ahead(tmp_pat
                 state["up"] = True
                 await asyncio.wait_for(settled.done.wait(), 30)
             finally:
-                stop.set()
-                await asyncio.wait_for(task, 30)
-                consumer.close()
+                await stopped(stop, task, consumer)
 
-    with capture_logs() as logs:
-        asyncio.run(scenario(logs))
+    logs = run_logged(scenario)
     assert mapped_ahead(logs) == 12  # all but the four in flight, which were mapped when they started
     assert sorted(bodies) == sorted(expected.values())
     assert spool.status().pending == 0 and spool.status().failed == 0
