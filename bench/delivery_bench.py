@@ -32,7 +32,7 @@ machine's ``C`` cores whatever the scheduling::
 with ``c_p`` the CPU seconds per SR of process ``p`` in that phase: all processes share the
 ``C`` cores (a strict bound), and each does its work on one thread (event loop or GIL), so none
 can use more than one core (not strict for the server: Node's JIT and GC threads let a fresh
-server go past it, by up to 15 % in the runs so far). ``cap / ceiling`` is then about the best
+server go past it, by up to 19 % in the runs so far). ``cap / ceiling`` is then about the best
 ratio (b) or (c) can reach with today's costs: with the server's ~4 ms per SR on 2 cores, a
 ratio of 0.7 needs ``c_sender + c_listener + c_worker`` below ``2 / (0.7 x ceiling) - c_server``.
 A measured ratio well below its cap means waiting, not CPU, limits the run.

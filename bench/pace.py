@@ -105,7 +105,7 @@ def cpu_cap(cpu_s: dict[str, float], count: int, cores: int | None = None) -> Cp
     The first term: every process shares the same ``cores`` (``os.cpu_count()``), a strict
     bound; the second: each process does its work on one thread (the worker's event loop, the
     listener's GIL, node's event loop), so it can hardly use more than one core (node's JIT and
-    GC threads let a fresh server pass its term by up to 15 %). A run below its cap is limited
+    GC threads let a fresh server pass its term by up to 19 %). A run below its cap is limited
     by something else (waiting: latency, pipelining, the worker's idle priority), not by CPU.
     """
     cores = cores or os.cpu_count() or 1

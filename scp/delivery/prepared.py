@@ -1,10 +1,11 @@
-"""SRs mapped ahead while the queue is held (:class:`PreparedBundles`).
+"""SRs mapped ahead while delivery waits on an outage (:class:`PreparedBundles`).
 
-While the FHIR endpoint is down (:mod:`.hold`) the forwarder starts no item, SRs keep arriving,
-and the CPU the worker maps with sits idle. The forwarder spends that time mapping the oldest
-pending items, so that once the endpoint answers the drain mostly sends: on a small machine the
-worker and a local FHIR server share the cores, and mapping was about a third of the worker's
-CPU per SR.
+While the queue is held (:mod:`.hold`), or every Bundle in flight waits to retry (the server
+refuses connections, answers 503, throttles: :class:`RetryWaits` counts those waits), the
+forwarder starts nothing new, SRs keep arriving, and the CPU the worker maps with sits idle.
+The forwarder spends that time mapping the oldest pending items, so that once the server
+answers the drain mostly sends: on a small machine the worker and a local FHIR server share the
+cores, and mapping was about a third of the worker's CPU per SR.
 
 A prepared result is used at most once, only for the item it was mapped from (an item's bytes
 never change under its id) and only for the FHIR release it was mapped for: ``fhir.version:
@@ -38,7 +39,8 @@ __all__ = ["PREPARE_SLICE_S", "PreparedBundles", "RetryWaits"]
 log = structlog.get_logger()
 
 PREPARE_SLICE_S = 0.1
-"""At most this long mapping ahead at a time: the event loop still answers every ~0.1 s."""
+"""Mapping ahead stops after this long (once at least one item is mapped: one large report may
+take longer), so the event loop answers between slices."""
 
 
 class PreparedBundles:
