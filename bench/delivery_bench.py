@@ -131,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         plain_rate = count / plain.seconds
         print(f"      the same without mapping ahead (forwarder.map_ahead_mb: 0, as a backlog beyond it drains): "
               f"{plain_rate:.1f} SR/s, c/a = {plain_rate / cold:.2f}")
-        plain_cap = cpu_cap(plain.cpu_s, count, cores)
-        print(f"      {cpu_report(plain.cpu_s, count)}; CPU cap {plain_cap.rate / cold:.2f} x the ceiling")
+        plain_figures = cpu_lines(plain.cpu_s, plain_rate, cold)
         baseline = f"plain httpx AsyncClient POSTing the same Bundles, concurrency {concurrency}, same run"
         report.append(ratio("end to end / server ceiling (loopback)", e2e / ceiling, TARGET_PACE, baseline,
                             ceiling=f"{ceiling:.1f} SR/s", **{"end to end": f"{e2e:.1f} SR/s", "SRs": str(count),
@@ -147,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                                **{f"drain: {k}": v for k, v in drain_figures.items()},
                                "drain without mapping ahead": f"{plain_rate:.1f} SR/s",
                                "drain without mapping ahead / ceiling": f"{plain_rate / cold:.2f}",
-                               **{f"drain without mapping ahead: CPU per SR, {name}": f"{sec / count * 1000:.2f} ms"
-                                  for name, sec in plain.cpu_s.items()}}))
+                               **{f"drain without mapping ahead: {k}": v for k, v in plain_figures.items()}}))
         if not args.quick:
             rates = {}
             with FhirServer() as server, FaultProxy(server.base_url) as proxy:

@@ -8,11 +8,12 @@ with the Bundle as plain dicts and the list of content items that were skipped. 
 from .bundle import serialize
 from .errors import InvalidValue, MappingError, MissingContentItem, NotAnSR, Skipped, UnsupportedTemplate
 from .options import FhirVersion, MappingOptions, R4ImagingSelection, WriteMode
-from .report import MappingResult, map_sr
+from .report import MappingResult, map_sr, r4_form
 from .sop_classes import SR_STORAGE_SOP_CLASSES, TID1500_SOP_CLASSES
 
 __all__ = [
     "map_sr",
+    "r4_form",
     "serialize",
     "MappingOptions",
     "MappingResult",

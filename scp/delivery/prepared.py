@@ -28,8 +28,7 @@ from io import BytesIO
 import pydicom
 import structlog
 
-from mapping import MappingError, MappingOptions, MappingResult, map_sr, serialize
-from mapping.report import r4_form
+from mapping import MappingError, MappingOptions, MappingResult, map_sr, r4_form, serialize
 
 from ..common.times import Clock
 from ..spool import SpoolItem
@@ -47,7 +46,8 @@ class PreparedBundles:
     """Mapping results made ahead of delivery, by item id; bounded by ``max_bytes``."""
 
     def __init__(self, options: MappingOptions, max_bytes: int, *, clock: Clock = time.monotonic) -> None:
-        self._options = options
+        self._options = {release: options.model_copy(update={"fhir_version": release}) for release in ("r4", "r5")}
+        self._default_release = options.fhir_version
         self.max_bytes = max_bytes
         self._clock = clock
         self._results: dict[str, tuple[str, MappingResult, int]] = {}  # id -> (release, result, JSON bytes)
@@ -58,7 +58,7 @@ class PreparedBundles:
     @property
     def default_release(self) -> str:
         """The release to map for while the server's is not known (``fhir.version: auto``)."""
-        return self._options.fhir_version
+        return self._default_release
 
     def __len__(self) -> int:
         return len(self._results)
@@ -77,8 +77,7 @@ class PreparedBundles:
         self._forget_all_but({item.id for item in items})
         deadline = self._clock() + budget_s
         mapped = 0
-        options = self._options if release == self._options.fhir_version \
-            else self._options.model_copy(update={"fhir_version": release})
+        options = self._options[release]
         for item in items:
             if self.full or (mapped and self._clock() >= deadline):
                 break
@@ -111,7 +110,7 @@ class PreparedBundles:
             return result
         if prepared_for == "r5" and release == "r4":
             try:
-                return r4_form(result, self._options.model_copy(update={"fhir_version": "r4"}))
+                return r4_form(result, self._options["r4"])
             except MappingError:
                 return None  # mapped again in its turn, which says why
         return None

@@ -23,12 +23,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 
-from mapping import MappingOptions, WriteMode, map_sr, serialize
+from mapping import MappingOptions, MissingContentItem, WriteMode, map_sr, r4_form, serialize
 from mapping.r4 import BASIC_CODE, from_basic, is_selection_basic, to_basic, to_r4
 from mapping.r4.imaging_selection import ELEMENTS, Element
 from mapping.r4.links import literal_type, map_references, retype_url
 from tests.mapping.test_r4_definitions import check_bundle, check_resource, r4_definitions  # noqa: F401 (fixture)
+from tests.support import dose_builders as dose
+from tests.support import kos_builders as kos
 from tests.support import sr_builders as sr
+from tests.support.corpus import sr_corpus
 from tests.support.conformance import IG_EXAMPLE_SR, SAMPLES, require_shared
 from tests.support.report_fixtures import every_profile_report, fidelity_report
 
@@ -404,10 +407,6 @@ def test_an_unknown_selection_element_is_reported_not_dropped_silently():
 
 
 def _r4_form_cases() -> dict[str, Dataset]:
-    from tests.support import dose_builders as dose
-    from tests.support import kos_builders as kos
-    from tests.support.corpus import sr_corpus
-
     cases = sr_corpus()
     cases["key-objects"] = kos.key_object_selection([kos.KeyObject(sr.uid("r4-form-ct"))])
     cases["ct-dose"] = dose.ct_dose_report(accumulated=dose.ct_accumulated_dose())
@@ -419,9 +418,6 @@ def _r4_form_cases() -> dict[str, Dataset]:
 @pytest.mark.parametrize("imaging_selection", ["basic", "omit"])
 def test_r4_form_of_an_r5_result_is_what_mapping_for_r4_gives(imaging_selection: str) -> None:
     """``r4_form`` (used for Bundles mapped ahead for R5 when the server turns out to be R4)."""
-    from mapping import MissingContentItem
-    from mapping.report import r4_form
-
     r5 = MappingOptions()
     r4 = MappingOptions(fhir_version="r4", r4_imaging_selection=imaging_selection)
     for name, ds in _r4_form_cases().items():
